@@ -1,0 +1,1 @@
+"""Dynamic routing for semantic segmentation (Li et al., CVPR 2020)."""

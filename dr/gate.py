@@ -1,0 +1,85 @@
+"""The soft conditional gate (paper Sec. 3.2.2, Eq. 2-3, Table 3).
+
+    G = F(w2, GAP(ReLU(BN(F(w1, X))))) + beta          (Eq. 2)
+    alpha = delta(G),  delta = max(0, tanh(.))          (Eq. 3)
+
+``F(w1, .)`` is a 1x1 convolution C -> C/2, ``F(w2, .)`` a 1x1 convolution C/2 -> P (one output
+per path of the node, in the order keep, up, down) with bias beta, initialised to 1.5 so every
+path starts open (tanh(1.5) = 0.905). alpha has one value per image and path: shape (B, P).
+max(0, tanh) is exactly zero for G <= 0, which is what lets inference skip a path (Eq. 5-6).
+
+Table 3 compares other activations: ``sigmoid`` (never exactly 0, so nothing is skipped) and
+``softmax`` over the node's paths. ``fix`` is no gate at all (every alpha is 1, Network-Fix) and
+is handled by the model, not by this module.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GATED_ACTIVATIONS = ("tanh", "sigmoid", "softmax")
+
+
+def gate_activation(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    """delta(G) for gate logits G of shape (B, P)."""
+    if activation == "tanh":
+        return F.relu(torch.tanh(logits))  # max(0, tanh(G)), Eq. 3
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=1)  # paths of a node compete
+    raise ValueError(f"unknown gate activation {activation!r}; choose one of {', '.join(GATED_ACTIVATIONS)}")
+
+
+def gate_input_size(height: int, width: int, small: bool) -> tuple[int, int]:
+    """Spatial size the gate's convolution runs at: full, or down-sampled by 4 per side."""
+    if not small:
+        return height, width
+    return max(1, height // 4), max(1, width // 4)
+
+
+class SoftConditionalGate(nn.Module):
+    """alpha = delta(G(X)) with G from Eq. 2; returns (B, num_paths)."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_paths: int,
+        *,
+        activation: str = "tanh",
+        small: bool = False,
+        bias: float = 1.5,
+    ):
+        super().__init__()
+        if activation not in GATED_ACTIVATIONS:
+            raise ValueError(
+                f"unknown gate activation {activation!r}; choose one of {', '.join(GATED_ACTIVATIONS)}"
+            )
+        hidden = max(1, channels // 2)
+        self.activation = activation
+        self.small = small
+        self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)  # F(w1, .)
+        self.norm = nn.BatchNorm2d(hidden)  # N
+        self.logit = nn.Conv2d(hidden, num_paths, 1, bias=True)  # F(w2, .) + beta
+        self.reset_parameters(bias)
+
+    def reset_parameters(self, bias: float = 1.5) -> None:
+        """Kaiming normal for F(w1); a small F(w2) and beta = ``bias`` so that G is close to beta
+        for every image and every path starts open (tanh(1.5) = 0.905), as Sec. 3.4 intends.
+        (Kaiming-scaled w2 would already close some paths of a fresh network.)"""
+        nn.init.kaiming_normal_(self.reduce.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.normal_(self.logit.weight, std=0.01)
+        nn.init.constant_(self.logit.bias, bias)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """G of Eq. 2, shape (B, P)."""
+        if self.small:
+            size = gate_input_size(x.shape[-2], x.shape[-1], True)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        g = F.relu(self.norm(self.reduce(x)))  # (B, C/2, h, w)
+        g = g.mean(dim=(2, 3), keepdim=True)  # GAP -> (B, C/2, 1, 1)
+        return self.logit(g).flatten(1)  # (B, P)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gate_activation(self.logits(x), self.activation)
