@@ -148,6 +148,12 @@ class DynamicRoutingNet(nn.Module):
     when ``drop_prob > 0``.
     """
 
+    #: At inference a batch runs in chunks of at most this many input pixels (B x H x W). BatchNorm
+    #: uses running statistics then, so chunks change nothing but speed: on CPU, tensors above
+    #: glibc's 32 MB mmap ceiling get fresh pages on every allocation, which made one batch of
+    #: eight 512x1024 images slower than eight single images. ``None`` disables chunking.
+    eval_chunk_pixels: int | None = 2**19
+
     def __init__(self, config: ModelConfig, *, drop_prob: float = 0.0):
         super().__init__()
         self.config = config
@@ -184,7 +190,9 @@ class DynamicRoutingNet(nn.Module):
         return self._cost_models[key]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: torch.Tensor, *, route=None, mode: str | None = None, step_rate: float = 0.0) -> RoutingOutput:
+    def forward(
+        self, images: torch.Tensor, *, route=None, mode: str | None = None, step_rate: float = 0.0, _chunk: bool = True
+    ) -> RoutingOutput:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
@@ -192,6 +200,9 @@ class DynamicRoutingNet(nn.Module):
         mode = mode or ("soft" if self.training else "skip")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        per_chunk = max(1, (self.eval_chunk_pixels or 0) // (height * width)) if self.eval_chunk_pixels else None
+        if _chunk and not self.training and per_chunk is not None and images.shape[0] > per_chunk:
+            return self._forward_chunked(images, route, mode, per_chunk)
         costs = self.cost_model(height, width)
         pad_h, pad_w = costs.height - height, costs.width - width
         x = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
@@ -204,6 +215,26 @@ class DynamicRoutingNet(nn.Module):
         logits = self.decoder(features)[..., :height, :width]
         expected, real = self._costs(costs, gates, active)
         return RoutingOutput(logits, gates, active, expected, real, costs.fixed_cost.flops, self.space)
+
+    def _forward_chunked(self, images, route, mode, per_chunk: int) -> RoutingOutput:
+        """Inference on consecutive chunks of the batch, joined into one output."""
+        batch = images.shape[0]
+        routes = list(route) if isinstance(route, (list, tuple)) else None
+        parts = []
+        for start in range(0, batch, per_chunk):
+            stop = min(batch, start + per_chunk)
+            chunk_route = routes[start:stop] if routes is not None else route
+            parts.append(self.forward(images[start:stop], route=chunk_route, mode=mode, _chunk=False))
+        first = parts[0]
+        return RoutingOutput(
+            logits=torch.cat([p.logits for p in parts]),
+            gates={n: torch.cat([p.gates[n] for p in parts]) for n in first.gates},
+            active={n: torch.cat([p.active[n] for p in parts]) for n in first.active},
+            expected_cost=torch.cat([p.expected_cost for p in parts]),
+            real_cost=torch.cat([p.real_cost for p in parts]),
+            fixed_cost=first.fixed_cost,
+            space=self.space,
+        )
 
     def route_masks(self, route, batch: int, device) -> dict[Node, torch.Tensor] | None:
         """Per node, a (B, P) 0/1 mask of the paths a route (or per-image routes) leaves open."""

@@ -1,0 +1,97 @@
+"""The budget constraint (paper Sec. 3.3, Eq. 9-10, Table 4).
+
+    L_C = (C(Space) / C - mu)^2                  (Eq. 9)
+    L   = lambda1 * L_N + lambda2 * L_C          (Eq. 10, lambda1 = 1)
+
+C(Space) is the expected cost of Eq. 8, averaged over the batch; C the cost of the whole routing
+space with every path open (cells and transforms, :attr:`dr.cost.CostModel.routing_space_total`).
+mu is the target fraction of that cost, lambda2 the weight of the constraint.
+
+The authors' schedule switches the constraint off for the first 40% of the iterations and then
+ramps lambda2 linearly to its full value over the next 2%.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BudgetPreset:
+    """lambda2 (weight of L_C) and mu (target cost fraction) of Table 4."""
+
+    weight: float  # lambda2
+    target: float  # mu
+
+
+#: Table 4. ``raw`` is Dynamic-Raw (gates, no budget); Network-Fix has no gates at all and is a
+#: model setting (activation "fix"), not a budget.
+BUDGETS: dict[str, BudgetPreset] = {
+    "A": BudgetPreset(weight=0.8, target=0.1),
+    "B": BudgetPreset(weight=0.5, target=0.1),
+    "C": BudgetPreset(weight=0.5, target=0.2),
+    "raw": BudgetPreset(weight=0.0, target=0.0),
+}
+
+
+def budget_preset(name: str) -> BudgetPreset:
+    if name not in BUDGETS:
+        raise ValueError(f"unknown budget {name!r}; choose one of {', '.join(BUDGETS)}")
+    return BUDGETS[name]
+
+
+def budget_schedule(iteration: int, total_iterations: int, *, off_fraction: float = 0.4, ramp_fraction: float = 0.02) -> float:
+    """Factor in [0, 1] on lambda2: 0 for the first 40% of iterations, then a linear ramp to 1 over 2%."""
+    if total_iterations <= 0:
+        raise ValueError(f"total_iterations must be positive, got {total_iterations}")
+    start = off_fraction * total_iterations
+    ramp = ramp_fraction * total_iterations
+    if iteration < start:
+        return 0.0
+    if ramp <= 0:
+        return 1.0
+    return min(1.0, (iteration - start) / ramp)
+
+
+def budget_loss(expected_cost: torch.Tensor, total_cost: float, target: float) -> torch.Tensor:
+    """Eq. 9 on the batch mean of the expected cost: (mean(C(Space)) / C - mu)^2."""
+    return (expected_cost.mean() / total_cost - target) ** 2
+
+
+class BudgetLoss(nn.Module):
+    """lambda2 * schedule(iteration) * L_C; the term to add to the segmentation loss (Eq. 10).
+
+    - ``weight``: lambda2; ``target``: mu;
+    - ``total_cost``: C, the routing space's full cost at the training crop size;
+    - ``scheduled``: apply the authors' 40% off / 2% ramp schedule (needs ``total_iterations``).
+    """
+
+    def __init__(self, weight: float, target: float, total_cost: float, *, scheduled: bool = True, total_iterations: int | None = None):
+        super().__init__()
+        if weight < 0 or not 0 <= target <= 1:
+            raise ValueError(f"budget needs lambda2 >= 0 and mu in [0, 1], got {weight}, {target}")
+        if total_cost <= 0:
+            raise ValueError(f"total routing-space cost must be positive, got {total_cost}")
+        if scheduled and not total_iterations:
+            raise ValueError("a scheduled budget needs total_iterations")
+        self.weight = weight
+        self.target = target
+        self.total_cost = float(total_cost)
+        self.scheduled = scheduled
+        self.total_iterations = total_iterations
+
+    @classmethod
+    def from_preset(cls, name: str, total_cost: float, **kwargs) -> "BudgetLoss":
+        p = budget_preset(name)
+        return cls(p.weight, p.target, total_cost, **kwargs)
+
+    def factor(self, iteration: int) -> float:
+        """lambda2 times the schedule at this iteration."""
+        if not self.scheduled:
+            return self.weight
+        return self.weight * budget_schedule(iteration, self.total_iterations)
+
+    def forward(self, expected_cost: torch.Tensor, iteration: int = 0) -> torch.Tensor:
+        return self.factor(iteration) * budget_loss(expected_cost, self.total_cost, self.target)

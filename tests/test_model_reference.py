@@ -1,0 +1,174 @@
+"""Every vectorised piece of the model against the naive per-image reference (tests/reference.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_same_output, diversify_gates, randomize_batchnorm, small_config
+from dr.bench import calibrate_batchnorm
+from dr.gate import SoftConditionalGate
+from dr.model import DynamicRoutingNet
+from dr.routes import named_route
+from dr.space import Node
+from reference import forward_reference, gate_reference
+
+
+def make_model(images, seed=0, keep_open=True, **overrides) -> DynamicRoutingNet:
+    torch.manual_seed(seed)
+    model = DynamicRoutingNet(small_config(**overrides))
+    calibrate_batchnorm(model, *images.shape[-2:], seed=seed)
+    diversify_gates(model, images, seed, keep_open=keep_open)
+    return model.eval()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softmax"])
+@pytest.mark.parametrize("small", [False, True])
+def test_gate_matches_naive_reference(activation, small):
+    torch.manual_seed(0)
+    gate = SoftConditionalGate(16, 3, activation=activation, small=small)
+    randomize_batchnorm(gate)
+    gate.logit.weight.data.normal_(0, 2.0)
+    gate.eval()
+    x = torch.randn(5, 16, 12, 20)
+    with torch.no_grad():
+        batched = gate(x)
+        naive = torch.stack([gate_reference(gate, x[i : i + 1]) for i in range(5)])
+    assert batched.shape == (5, 3)
+    torch.testing.assert_close(batched, naive, rtol=1e-5, atol=1e-6)
+    if activation == "tanh":
+        assert (batched == 0).any() and (batched > 0).any(), "max(0, tanh) should close some paths here"
+
+
+def test_fresh_gates_open_every_path():
+    """beta = 1.5 and a small w2: every alpha starts near tanh(1.5) = 0.905."""
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(small_config()).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    for node, alpha in out.gates.items():
+        assert torch.all((alpha - 0.905).abs() < 0.05), (node, alpha)
+
+
+def test_network_fix_has_no_gates_and_alpha_one():
+    model = DynamicRoutingNet(small_config(activation="fix")).eval()
+    assert not any(isinstance(m, SoftConditionalGate) for m in model.modules())
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert all(torch.all(a == 1) for a in out.gates.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_skip_masked_and_naive_agree_when_no_node_is_starved(seed, images):
+    model = make_model(images, seed, keep_open=True)
+    with torch.no_grad():
+        skip = model(images, mode="skip")
+        masked = model(images, mode="masked")
+        soft = model(images, mode="soft")  # Eq. 4 is the same dense computation
+    # the gates really differ per image: at least one node has an open/closed mix across the batch
+    assert any(((a > 0).any(0) & (a == 0).any(0)).any() for a in skip.gates.values())
+    assert all(bool(a.all()) for a in skip.active.values()), "fixture should starve no node"
+    assert_same_output(skip.logits, masked.logits)
+    torch.testing.assert_close(soft.logits, masked.logits)
+    for i in range(images.shape[0]):
+        with torch.no_grad():
+            logits, alphas, ran, expected, real = forward_reference(model, images[i : i + 1], skip_starved=True)
+        assert_same_output(skip.logits[i : i + 1], logits)
+        for node, alpha in alphas.items():
+            torch.testing.assert_close(skip.gates[node][i], torch.tensor(alpha), rtol=1e-4, atol=1e-4)
+        assert skip.expected_cost[i].item() == pytest.approx(expected, rel=1e-5)
+        assert skip.real_cost[i].item() == pytest.approx(real, rel=1e-6)
+        assert masked.real_cost[i].item() == pytest.approx(real, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_starved_nodes_are_skipped_per_image(seed, images):
+    """With closable keep paths some nodes get no open input: skip leaves them out, per image."""
+    model = make_model(images, seed, keep_open=False)
+    with torch.no_grad():
+        skip = model(images, mode="skip")
+        masked = model(images, mode="masked")
+        one_by_one = [model(images[i : i + 1], mode="skip") for i in range(images.shape[0])]
+    starved = sum(int((~a).sum()) for a in skip.active.values())
+    assert starved > 0, "this seed should starve some nodes"
+    for i, single in enumerate(one_by_one):
+        assert_same_output(skip.logits[i : i + 1], single.logits)
+        assert skip.real_cost[i].item() == pytest.approx(single.real_cost.item(), rel=1e-6)
+        with torch.no_grad():
+            ref_skip = forward_reference(model, images[i : i + 1], skip_starved=True)
+            ref_masked = forward_reference(model, images[i : i + 1], skip_starved=False)
+        assert_same_output(single.logits, ref_skip[0])
+        assert_same_output(masked.logits[i : i + 1], ref_masked[0])
+        assert skip.real_cost[i].item() == pytest.approx(ref_skip[4], rel=1e-6)
+        assert masked.expected_cost[i].item() == pytest.approx(ref_masked[3], rel=1e-5)
+
+
+def test_batched_per_image_routes_equal_one_by_one(images):
+    torch.manual_seed(5)
+    model = DynamicRoutingNet(small_config())
+    calibrate_batchnorm(model, *images.shape[-2:])  # fresh gates: every path open, the routes decide
+    model.eval()
+    names = ["fcn32s", "unet", "hrnetv2", "full"]
+    routes = [named_route(n, model.space) for n in names]
+    with torch.no_grad():
+        batched = model(images, route=routes, mode="skip")
+        masked = model(images, route=routes, mode="masked")
+        for i, route in enumerate(routes):
+            single = model(images[i : i + 1], route=route, mode="skip")
+            assert_same_output(batched.logits[i : i + 1], single.logits)
+            ref = forward_reference(model, images[i : i + 1], route=route, skip_starved=True)
+            assert_same_output(single.logits, ref[0])
+            assert batched.real_cost[i].item() == pytest.approx(ref[4], rel=1e-6)
+    assert_same_output(batched.logits, masked.logits)
+    assert len(set(batched.real_cost.tolist())) == len(names), "different routes, different costs"
+
+
+def test_eq4_bypass_passes_input_on_keep_side():
+    """Training forward: an image whose gates at a node are all zero passes X on the keep side."""
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(small_config(depth=2)).train()
+    node, coarser, nxt = Node(1, 0), Node(1, 1), Node(2, 0)
+    seen = {}
+
+    def close_first_image(module, inputs, output):
+        seen["x10"] = inputs[0].detach().clone()
+        out = output.clone()
+        out[0] = 0.0  # image 0: every path of node (1, 1/4) closed
+        return out
+
+    hooks = [
+        model.node(node).gate.register_forward_hook(close_first_image),
+        model.node(coarser).transforms["up"].register_forward_hook(lambda m, i, o: seen.setdefault("up", o.detach().clone())),
+        model.node(nxt).gate.register_forward_pre_hook(lambda m, args: seen.setdefault("x20", args[0].detach().clone())),
+    ]
+    out = model(torch.randn(2, 3, 64, 64), mode="soft")
+    for h in hooks:
+        h.remove()
+    alpha_up = out.gates[coarser][:, 1].detach().view(-1, 1, 1, 1)  # gate order keep, up, down
+    arriving_up = alpha_up * seen["up"]
+    # X_{2,1/4} = Y_keep(1, 1/4) + Y_up(1, 1/8 -> 1/4); for image 0, Y_keep is X_{1,1/4} itself
+    torch.testing.assert_close(seen["x20"][0], seen["x10"][0] + arriving_up[0])
+    assert not torch.allclose(seen["x20"][1], seen["x10"][1] + arriving_up[1]), "image 1 is not bypassed"
+    assert torch.all(out.gates[node][0] == 0) and torch.all(out.gates[node][1] > 0)
+    costs = model.cost_model(64, 64)
+    saved = costs.cell_cost[node].flops + sum(costs.path_cost[p].flops for p in model.space.paths_out(node))
+    assert (out.real_cost[1] - out.real_cost[0]).item() == pytest.approx(saved, rel=1e-6)
+    assert bool(out.active[nxt][0]), "the bypass keeps the next node at this scale running"
+
+
+def test_gradients_reach_every_gate_parameter():
+    """Eq. 4 (through the logits) and the budget loss (through the expected cost) train the gates."""
+    from dr.budget import BudgetLoss
+
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(small_config(depth=3)).train()
+    images = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 3, (2, 64, 64))
+    out = model(images)
+    seg = torch.nn.functional.cross_entropy(out.logits, labels)
+    grads_seg = torch.autograd.grad(seg, [p for n, p in model.named_parameters() if ".gate." in n], retain_graph=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads_seg)
+    budget = BudgetLoss.from_preset("A", model.cost_model(64, 64).routing_space_total.flops, scheduled=False)
+    loss_c = budget(out.expected_cost)
+    gate_params = [(n, p) for n, p in model.named_parameters() if ".gate." in n]
+    grads_budget = torch.autograd.grad(loss_c, [p for _, p in gate_params], allow_unused=True)
+    for (name, _), g in zip(gate_params, grads_budget):
+        assert g is not None and g.abs().sum() > 0, f"budget loss gives no gradient to {name}"
