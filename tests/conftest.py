@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from dr.config import ModelConfig
-from dr.gate import SoftConditionalGate
 from dr.model import DynamicRoutingNet
 
 
