@@ -26,7 +26,7 @@ from torch import nn
 
 from dr.cell import Cell, conv_bn, make_transform
 from dr.config import ModelConfig, check_input_size
-from dr.cost import SIZE_DIVISOR, CostModel
+from dr.cost import CostModel, padded_size
 from dr.droppath import scheduled_drop_prob
 from dr.gate import SoftConditionalGate
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace
@@ -184,7 +184,7 @@ class DynamicRoutingNet(nn.Module):
 
     def cost_model(self, height: int, width: int) -> CostModel:
         """Cost tables at this input size (cached per padded size)."""
-        key = (-(-height // SIZE_DIVISOR) * SIZE_DIVISOR, -(-width // SIZE_DIVISOR) * SIZE_DIVISOR)
+        key = padded_size(height, width)
         if key not in self._cost_models:
             self._cost_models[key] = CostModel(self.config, *key)
         return self._cost_models[key]

@@ -59,9 +59,8 @@ def forward_reference(model: DynamicRoutingNet, image: torch.Tensor, route=None,
             continue
         X = inputs.get(node)
         if X is None:  # nothing arrived (e.g. only a closed down path): a zero input
-            base = inputs[Node(0, 0)] if Node(0, 0) in inputs else model.stem(x)
             c = model.config.width * 2**node.scale
-            X = base.new_zeros(1, c, stem_hw[0] // 2**node.scale, stem_hw[1] // 2**node.scale)
+            X = inputs[Node(0, 0)].new_zeros(1, c, stem_hw[0] // 2**node.scale, stem_hw[1] // 2**node.scale)
         ran.add(node)
         if module.gate is None:
             alpha = [1.0] * len(directions)
