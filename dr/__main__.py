@@ -1,6 +1,7 @@
-"""Command line: ``python -m dr info`` and ``python -m dr bench``.
+"""Command line: ``python -m dr info | bench | train | eval``.
 
-Bad input ends with a one-line message naming the problem and the choices, exit code 2.
+Bad input ends with a one-line message naming the problem and the fix, exit code 2 (no
+traceback); a diverged training ends with exit code 3, an interrupted one with 130.
 """
 from __future__ import annotations
 
@@ -79,6 +80,90 @@ def cmd_bench(args) -> int:
     return 0
 
 
+#: command-line options of ``train`` that map one to one onto :class:`dr.train.TrainConfig` fields
+TRAIN_OPTIONS = ("preset", "data", "data_root", "budget", "route", "common_threshold", "iters", "batch", "crop", "lr",
+                 "warmup", "drop_path", "gate_lr", "activation", "small_gate", "sepconv_repeats", "seed", "train_size",
+                 "val_size", "checkpoint_every", "log_every", "eval_batch", "workers", "device")
+
+
+def _crop(text: str) -> tuple[int, int]:
+    return parse_size(text if "x" in text else f"{text}x{text}")
+
+
+def cmd_train(args) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from dr.checkpoint import load_checkpoint
+    from dr.train import CHECKPOINT, TrainConfig, check_compatible, train
+
+    explicit = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
+    if "crop" in explicit:
+        explicit["crop"] = _crop(explicit["crop"])
+    if args.resume:
+        path = Path(args.out) / CHECKPOINT
+        state = load_checkpoint(path)
+        cfg = replace(TrainConfig.from_dict(state["train_config"]), **explicit)
+        check_compatible(state, cfg, path)
+    else:
+        cfg = TrainConfig(**explicit)
+    metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    _print_metrics(metrics, args.json)
+    print(f"wrote {Path(args.out) / 'metrics.json'}, routes.json, train_log.jsonl and checkpoint.pt", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from dr.checkpoint import CheckpointError, load_checkpoint
+    from dr.data import build_dataset, dataset_info
+    from dr.evaluate import evaluate, save_routes, write_json
+    from dr.routes import Route
+    from dr.train import model_from_checkpoint, resolve_device, run_summary
+
+    device = resolve_device(args.device)
+    state = load_checkpoint(args.checkpoint, map_location=device)
+    model, cfg = model_from_checkpoint(state, args.checkpoint, device)
+    if args.preset is not None and args.preset != cfg.preset:
+        raise CheckpointError(f"{args.checkpoint} was made for preset {cfg.preset!r}, not {args.preset!r}; "
+                              f"drop --preset or pass a checkpoint of {args.preset!r}")
+    if args.data is not None and args.data != cfg.data:
+        raise CheckpointError(f"{args.checkpoint} was trained on {cfg.data!r} ({model.config.num_classes} classes), "
+                              f"not {args.data!r}; evaluate it on {cfg.data!r}")
+    info = dataset_info(cfg.data)
+    root = args.data_root or cfg.data_root
+    dataset = build_dataset(cfg.data, args.split, root=root, train=False, seed=cfg.seed,
+                            size=args.val_size if args.val_size is not None else cfg.val_size)
+    route = Route.from_list(state["route"]["name"], state["route"]["paths"], model.space) if state.get("route") else None
+    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else (1.0,)
+    metrics, routes = evaluate(model, dataset, num_classes=info.num_classes, class_names=info.class_names,
+                               batch_size=args.batch, device=device, flip=args.flip, scales=scales,
+                               progress=not args.json, route=route)
+    metrics.update(run_summary(cfg, model, route, int(state["iteration"]), float(state["seconds"]),
+                               cfg.crop or info.train_crop))
+    metrics["checkpoint"] = str(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    write_json(metrics, out / "eval.json")
+    save_routes(routes, out / "eval_routes.json")
+    _print_metrics(metrics, args.json)
+    return 0
+
+
+def _print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(f"mIoU {100 * metrics['miou']:.2f}  ({metrics['num_images']} images)")
+    for regime, value in metrics["miou_by_regime"].items():
+        print(f"  {regime:8s} mIoU {100 * value:.2f}")
+    print(f"GFLOPs real avg {metrics['gflops_avg']:.4f}  max {metrics['gflops_max']:.4f}  min {metrics['gflops_min']:.4f}"
+          f"  expected avg {metrics['gflops_expected_avg']:.4f}")
+    if metrics.get("seconds"):
+        print(f"trained {metrics['iters']} iterations in {metrics['seconds']:.0f} s "
+              f"({metrics['images_per_second']:.1f} images/s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dr", description="Dynamic routing for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,16 +184,81 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=cmd_bench)
+
+    # train: every option defaults to None so that --resume can tell what was given explicitly;
+    # the defaults themselves live in dr.train.TrainConfig (the CPU tutorial run).
+    train = sub.add_parser("train", help="train a network (default: the CPU tutorial on the embedded data)",
+                           description="Defaults: the tiny network on the embedded data, a few minutes on a CPU.")
+    train.add_argument("--out", required=True, help="output folder: checkpoint.pt, train_log.jsonl, metrics.json, routes.json")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--preset", help=f"network: {', '.join(PRESETS)} (default tiny)")
+    train.add_argument("--data", help="synthetic (default), cityscapes or voc")
+    train.add_argument("--data-root", help="root folder of cityscapes / voc (see data_scripts/README.md)")
+    train.add_argument("--budget", help="none (Network-Fix), raw (default, Dynamic-Raw), A, B or C (Table 4)")
+    train.add_argument("--route", help=f"train a static route: {', '.join(ROUTES)}, or a routes.json (its common network)")
+    train.add_argument("--common-threshold", type=float, help="common network: paths open in more than this share (0.95)")
+    train.add_argument("--iters", type=int, help="iterations (default 900)")
+    train.add_argument("--batch", type=int, help="images per iteration (default 8)")
+    train.add_argument("--crop", help="training crop HxW or N (default: 128 synthetic, 768 cityscapes, 512 voc)")
+    train.add_argument("--lr", type=float, help="base learning rate (default 0.05)")
+    train.add_argument("--warmup", type=int, help="warm-up iterations (default min(1000, iters/20))")
+    train.add_argument("--drop-path", type=float, help="Scheduled Drop Path probability p (default 0)")
+    train.add_argument("--gate-lr", type=float, help="learning-rate multiplier of the gates (default 1)")
+    train.add_argument("--activation", help="gate activation: tanh (default), sigmoid, softmax")
+    train.add_argument("--small-gate", action="store_true", default=None, help="gates on 4x down-sampled features")
+    train.add_argument("--sepconv-repeats", type=int, help="SepConv3x3 per cell (default: the preset's, 2)")
+    train.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
+    train.add_argument("--train-size", type=int, help="synthetic train images (default 6000)")
+    train.add_argument("--val-size", type=int, help="synthetic val images (default 240)")
+    train.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default 300)")
+    train.add_argument("--log-every", type=int, help="iterations between log lines (default 10)")
+    train.add_argument("--eval-batch", type=int, help="evaluation batch (default 16)")
+    train.add_argument("--workers", type=int, help="data loader processes (default 0)")
+    train.add_argument("--device", help="auto (default), cpu or cuda")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint: mIoU, cost per image, routes")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'python -m dr train'")
+    ev.add_argument("--data-root", help="root of the data set (default: the one it was trained on)")
+    ev.add_argument("--data", help="check the data set (it must be the one it was trained on)")
+    ev.add_argument("--preset", help="check the checkpoint's preset")
+    ev.add_argument("--split", default="val", help="split to evaluate (default val)")
+    ev.add_argument("--val-size", type=int, help="synthetic data: number of val images")
+    ev.add_argument("--flip", action="store_true", help="test-time augmentation: add the flipped image")
+    ev.add_argument("--scales", help="test-time augmentation: comma-separated scales, e.g. 0.75,1,1.25")
+    ev.add_argument("--batch", type=int, default=16, help="images per batch (same-size images only)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--out", help="folder for eval.json and eval_routes.json (default: the checkpoint's)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dr.train import TrainingError
+
     try:
         return args.func(args)
     except (ConfigError, RouteError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept: continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: Exception) -> str:
+    """The message of an error; for one re-raised from a DataLoader worker, its original message."""
+    text = str(error)
+    if "Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 if __name__ == "__main__":

@@ -264,15 +264,19 @@ class DynamicRoutingNet(nn.Module):
                 alpha = alpha * masks[node]
             gates[node] = alpha
             bypass = alpha.sum(dim=1) == 0  # (B,) every path closed: H = X, Y_keep = X (Eq. 5-6)
+            any_bypass = bool(bypass.any())
+            scaled = module.gate is not None or masks is not None  # Network-Fix: alpha = 1, no product
             drop = self._drop_prob(node, step_rate)
             h = module.cell(x, drop)  # H_s^l (Eq. 1)
             for j, direction in enumerate(module.directions):
-                y = module.transforms[direction](h) * alpha[:, j].view(-1, 1, 1, 1)  # Eq. 4
-                if direction == "keep":
-                    y = torch.where(bypass.view(-1, 1, 1, 1), x, y)
+                y = module.transforms[direction](h)
+                weight = alpha[:, j].view(-1, 1, 1, 1) if scaled else None  # Eq. 4: alpha_j * T_j(H)
+                if direction == "keep" and any_bypass:
+                    y = torch.where(bypass.view(-1, 1, 1, 1), x, y * weight)
+                    weight = None
                 path = Path(node.layer, node.scale, direction)
                 opened = active[node] & ((alpha[:, j] > 0) | bypass if direction == "keep" else alpha[:, j] > 0)
-                self._deliver(path, y, opened, inputs, active, features)
+                self._deliver(path, y, opened, inputs, active, features, weight)
         return self._complete(features, stem), gates, active
 
     def _forward_skip(self, stem: torch.Tensor, masks):
@@ -329,14 +333,20 @@ class DynamicRoutingNet(nn.Module):
             return 0.0
         return scheduled_drop_prob(self.drop_prob, node.layer / self.config.depth, step_rate)
 
-    def _deliver(self, path: Path, y, opened, inputs, active, features) -> None:
-        """Dense: add a full-batch path output to its target (next node or the decoder)."""
+    def _deliver(self, path: Path, y, opened, inputs, active, features, weight=None) -> None:
+        """Dense: add ``weight * y`` (a full-batch path output) to its target (next node or decoder).
+
+        The product and the sum are one fused ``addcmul`` where the target already holds a sum,
+        which saves a pass over the tensor in the forward and the backward pass."""
         target = self.space.target(path)
-        if target is None:
-            features[path.scale] = y if features[path.scale] is None else features[path.scale] + y
-            return
-        inputs[target] = y if target not in inputs else inputs[target] + y
-        active[target] = opened if target not in active else active[target] | opened
+        store, key = (features, path.scale) if target is None else (inputs, target)
+        current = store[key] if target is None else store.get(key)
+        if weight is None:
+            store[key] = y if current is None else current + y
+        else:
+            store[key] = y * weight if current is None else torch.addcmul(current, y, weight)
+        if target is not None:
+            active[target] = opened if target not in active else active[target] | opened
 
     def _deliver_rows(self, path: Path, y, rows, batch, inputs, active, features) -> None:
         """Skip: scatter-add the outputs of some images (``rows``) into a full-batch buffer."""

@@ -195,6 +195,13 @@ def autodeeplab(space: RoutingSpace) -> Route:
     return Route("autodeeplab", frozenset(thread_paths(space, fixed)))
 
 
+def stride8(space: RoutingSpace) -> Route:
+    """Output stride 8 (DeepLab with dilation in the last two stages): the declining backbone stops
+    at 1/8 and stays there; it never sees the coarse 1/16 and 1/32 scales. Not one of Fig. 3; the
+    embedded data's ``large`` regime is calibrated against it (and the ``small`` one against fcn32s)."""
+    return Route("stride8", frozenset(thread_paths(space, [min(s, 1) for s in _declining(space.depth, (3, 4, 6, 3))])))
+
+
 def full(space: RoutingSpace) -> Route:
     """Every path open: the whole routing space (Network-Fix when run without gates)."""
     return Route("full", frozenset(space.paths))
@@ -206,6 +213,7 @@ ROUTES: dict[str, Callable[[RoutingSpace], Route]] = {
     "unet": unet,
     "hrnetv2": hrnetv2,
     "autodeeplab": autodeeplab,
+    "stride8": stride8,
     "full": full,
 }
 

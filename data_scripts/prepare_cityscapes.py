@@ -1,0 +1,91 @@
+"""Check a Cityscapes tree as unpacked from the official archives (paper Sec. 4.1).
+
+    python data_scripts/prepare_cityscapes.py --root DIR [--full] [--sample N] [--allow-partial]
+
+Expects ``DIR/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png`` (leftImg8bit_trainvaltest.zip) and
+``DIR/gtFine/{train,val}/CITY/*_gtFine_labelIds.png`` (gtFine_trainvaltest.zip); counts the images
+per split (2975 train, 500 val), decodes a sample of images and labels (all with --full) and checks
+that every label id is one of cityscapesscripts' table. Prints what is missing and how to get it;
+exits 1 if something is missing or wrong. The labels are mapped to trainIds when loaded
+(dr.realdata), so no conversion step is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from dr.data import DataError  # noqa: E402
+from dr.realdata import CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, check_files, cityscapes_files  # noqa: E402
+
+EXPECTED = {"train": 2975, "val": 500}
+DOWNLOAD = """How to get Cityscapes:
+  1. make a free account at https://www.cityscapes-dataset.com/ (login needed to download);
+  2. from https://www.cityscapes-dataset.com/downloads/ get leftImg8bit_trainvaltest.zip (11 GB)
+     and gtFine_trainvaltest.zip (241 MB);
+  3. unzip both into the same folder:  unzip leftImg8bit_trainvaltest.zip -d DIR; unzip gtFine_trainvaltest.zip -d DIR
+  4. run this script again with --root DIR."""
+
+
+def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
+    """Print a report on the tree at ``root``; return the exit status (0 = usable)."""
+    print(f"Cityscapes at {root}")
+    if not root.is_dir():
+        print(f"  MISSING: the folder {root} does not exist; expected {CITYSCAPES_LAYOUT}")
+        print(DOWNLOAD)
+        return 1
+    missing = [root / top / split for top in ("leftImg8bit", "gtFine") for split in EXPECTED
+               if not (root / top / split).is_dir()]
+    if missing:
+        for folder in missing:
+            print(f"  MISSING: folder {folder}")
+        archives = sorted({"leftImg8bit_trainvaltest.zip" if "leftImg8bit" in str(f) else "gtFine_trainvaltest.zip"
+                           for f in missing})
+        print(f"  expected {CITYSCAPES_LAYOUT}; these come from {' and '.join(archives)}")
+        print(DOWNLOAD)
+        return 1
+    problems, warnings = [], []
+    for split, expected in EXPECTED.items():
+        try:
+            pairs = cityscapes_files(str(root), split)
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        cities = len({Path(image).parent.name for image, _ in pairs})
+        print(f"  {split}: {len(pairs)} images with labels in {cities} city folder(s) (expected {expected})")
+        if len(pairs) != expected:
+            (warnings if allow_partial else problems).append(
+                f"{split}: found {len(pairs)} of expected {expected} images")
+        errors, seen, read = check_files(pairs, CITYSCAPES_LUT, None if full else sample)
+        names = [CITYSCAPES_INFO.class_names[v] for v in sorted(seen) if v < CITYSCAPES_INFO.num_classes]
+        print(f"  {split}: decoded {read} image/label pairs{'' if full else ' (use --full for all)'}; "
+              f"{len(errors)} bad; {len(names)} of {CITYSCAPES_INFO.num_classes} classes seen")
+        problems += errors
+    for line in warnings:
+        print(f"  WARNING: {line} (--allow-partial)")
+    if problems:
+        for line in problems:
+            print(f"  PROBLEM: {line}")
+        print(DOWNLOAD)
+        return 1
+    print("  OK: usable with --data cityscapes --data-root " + str(root))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, type=Path, help="folder holding leftImg8bit/ and gtFine/")
+    parser.add_argument("--full", action="store_true", help="decode every image and label, not a sample")
+    parser.add_argument("--sample", type=int, default=20, help="pairs decoded per split without --full (20)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="image counts other than 2975 / 500 are a warning, not an error (subsets, fixtures)")
+    args = parser.parse_args(argv)
+    if args.sample < 1:
+        parser.error(f"--sample must be >= 1, got {args.sample}")
+    return check(args.root, full=args.full, sample=args.sample, allow_partial=args.allow_partial)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

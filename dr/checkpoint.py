@@ -1,0 +1,75 @@
+"""Checkpoints: written atomically, read without executing code.
+
+A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so
+``torch.load(..., weights_only=True)`` can read it: a file that would run code when unpickled is
+refused instead of executed. It is first written to a temporary file in the same folder, flushed
+to disk and then renamed over the old one, so a run killed mid-write leaves the previous
+checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "dr-checkpoint"
+VERSION = 1
+#: the keys every checkpoint holds
+REQUIRED = ("format", "version", "model", "model_config", "train_config", "iteration")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message says why and what to do."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` (plus the format tag) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``; :class:`CheckpointError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; pass the checkpoint.pt a 'python -m dr train --out DIR' run wrote")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+        raise CheckpointError(f"{path} is not a checkpoint PyTorch can read (not a torch.save archive); "
+                              "use the checkpoint.pt written by 'python -m dr train'")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        reason = lines[0] if lines else "objects outside the safe set of tensors and containers"
+        raise CheckpointError(
+            f"{path} was refused: it holds objects that would execute code when loaded ({reason[:160]}); "
+            "it was not loaded. Use a checkpoint written by 'python -m dr train'") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a checkpoint PyTorch can read ({type(error).__name__}); "
+                              "use the checkpoint.pt written by 'python -m dr train'") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a dr checkpoint (no '{FORMAT}' tag); "
+                              "use the checkpoint.pt written by 'python -m dr train'")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete dr checkpoint (missing {', '.join(missing)}); retrain or use another file")
+    if state["version"] > VERSION:
+        raise CheckpointError(f"{path} was written by a newer dr (format version {state['version']} > {VERSION}); update dr")
+    return state

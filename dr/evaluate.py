@@ -1,0 +1,169 @@
+"""Evaluation: mIoU from a confusion matrix, cost per image and the route each image took.
+
+Paper Sec. 4.1 reports single-scale mIoU and the network's cost in GFLOPs as Avg / Max / Min over
+the evaluation images (Table 1). The cost here is the *real* cost: what the skipping inference of
+Eq. 5-6 executes for that image at its evaluated size, stem and decoder included; the *expected*
+cost is Eq. 7-8's alpha-weighted cost (plus the same stem and decoder) for comparison.
+
+Each image's route (its open paths) is saved so that the common network of Sec. 4.3 (paths open
+in more than 95% of the images) can be extracted and trained as a static route.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path as FilePath
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from dr.metrics import ConfusionMatrix
+from dr.routes import Route, RouteError, common_route
+from dr.space import Path, RoutingSpace
+
+ROUTES_FORMAT = "dr-routes"
+
+
+def _predict(model, images: torch.Tensor, flip: bool, scales: tuple[float, ...], autocast, route=None):
+    """Logits of the plain pass (its output carries gates and costs), and class probabilities
+    averaged over the test-time augmentations (horizontal flip, rescaled inputs)."""
+    height, width = images.shape[-2:]
+    with autocast:
+        base = model(images, route=route)
+    if not flip and tuple(scales) == (1.0,):
+        return base, base.logits
+    probs = torch.zeros_like(base.logits, dtype=torch.float32)
+    for scale in scales:
+        if scale == 1.0:
+            x = images
+        else:
+            size = (max(32, round(height * scale)), max(32, round(width * scale)))
+            x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in ((False, True) if flip else (False,)):
+            if scale == 1.0 and not flipped:
+                logits = base.logits
+            else:
+                with autocast:
+                    logits = model(x.flip(-1) if flipped else x, route=route).logits
+                logits = logits.flip(-1) if flipped else logits
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+            probs += logits.float().softmax(dim=1)
+    return base, probs
+
+
+@torch.no_grad()
+def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: int = 16, device="cpu",
+             flip: bool = False, scales: tuple[float, ...] = (1.0,), progress: bool = True, workers: int = 0,
+             route=None, predictions_hook=None) -> tuple[dict, dict]:
+    """Run ``model`` (skipping inference) over ``dataset``; returns ``(metrics, routes)``.
+
+    ``metrics``: ``miou``, ``iou`` per class, ``pixel_accuracy``, ``miou_by_regime``,
+    ``gflops_avg`` / ``gflops_max`` / ``gflops_min`` (real cost), ``gflops_expected_avg``,
+    ``num_images``. ``routes``: the per-image records (see :func:`save_routes`).
+    ``route``: a static route the network is restricted to (a model trained with ``--route``).
+    Images of different sizes are evaluated one at a time. Costs and routes come from the plain
+    single-scale pass; test-time augmentation only changes the prediction.
+    ``predictions_hook(sample_names, predicted)`` is called with each batch's class maps.
+    """
+    model.eval()
+    device = torch.device(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    same_size = getattr(dataset, "uniform_size", False)  # else images may differ in size: one at a time
+    loader = DataLoader(dataset, batch_size=batch_size if same_size else 1, shuffle=False, num_workers=workers)
+    total = ConfusionMatrix(num_classes)
+    by_regime: dict[str, ConfusionMatrix] = {}
+    space: RoutingSpace = model.space
+    path_index = {p: i for i, p in enumerate(space.paths)}
+    images = []
+    bar = tqdm(loader, desc="eval", disable=not progress, leave=False, unit="batch")
+    for batch in bar:
+        x = batch["image"].to(device, non_blocking=True)
+        label = batch["label"]
+        out, scores = _predict(model, x, flip, scales, autocast, route)
+        predicted = scores.argmax(dim=1).cpu()  # (B, H, W)
+        if predictions_hook is not None:
+            predictions_hook(list(batch["name"]), predicted)
+        real = out.total_real_cost.float().cpu()
+        expected = (out.expected_cost.float() + out.fixed_cost).cpu()
+        for i in range(x.shape[0]):
+            regime = batch["regime"][i]
+            total.update(predicted[i], label[i])
+            if regime:
+                by_regime.setdefault(regime, ConfusionMatrix(num_classes)).update(predicted[i], label[i])
+            images.append({
+                "name": batch["name"][i],
+                "regime": regime,
+                "height": int(label.shape[-2]),
+                "width": int(label.shape[-1]),
+                "gflops": float(real[i]) / 1e9,
+                "gflops_expected": float(expected[i]) / 1e9,
+                "open": sorted(path_index[p] for p in out.open_paths(i)),
+            })
+    if not images:
+        raise ValueError("the evaluation split is empty; nothing to evaluate")
+    names = class_names or [str(c) for c in range(num_classes)]
+    gflops = [r["gflops"] for r in images]
+    metrics = {
+        "miou": total.miou(),
+        "iou": {name: _finite(v) for name, v in zip(names, total.iou())},
+        "pixel_accuracy": total.pixel_accuracy(),
+        "miou_by_regime": {r: m.miou() for r, m in sorted(by_regime.items())},
+        "gflops_avg": sum(gflops) / len(gflops),
+        "gflops_max": max(gflops),
+        "gflops_min": min(gflops),
+        "gflops_expected_avg": sum(r["gflops_expected"] for r in images) / len(images),
+        "num_images": len(images),
+        "flip": flip,
+        "scales": list(scales),
+    }
+    routes = {"format": ROUTES_FORMAT, "depth": space.depth, "paths": [[p.layer, p.scale, p.direction] for p in space.paths],
+              "images": images}
+    return metrics, routes
+
+
+def _finite(value: float):
+    return None if math.isnan(value) else value
+
+
+def write_json(data, path) -> None:
+    """Write JSON atomically (temporary file + rename), so a reader never sees half a file."""
+    path = FilePath(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_routes(routes: dict, path) -> None:
+    """Per-image routes as JSON: the space's path list once, then each image's open path indices."""
+    write_json(routes, path)
+
+
+def load_routes(path) -> tuple[RoutingSpace, list[dict], list[frozenset[Path]]]:
+    """Read a routes file: the space, the image records and each image's set of open paths."""
+    path = FilePath(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RouteError(f"cannot read routes file {path} ({type(error).__name__}); pass the routes.json "
+                         "that 'python -m dr train' or 'python -m dr eval' wrote") from None
+    if not isinstance(data, dict) or data.get("format") != ROUTES_FORMAT:
+        raise RouteError(f"{path} is not a dr routes file; pass the routes.json written by 'python -m dr eval'")
+    space = RoutingSpace(int(data["depth"]))
+    paths = [Path(int(l), int(s), str(d)) for l, s, d in data["paths"]]
+    if paths != list(space.paths):
+        raise RouteError(f"{path} lists paths that do not match a space of depth {space.depth}")
+    per_image = [frozenset(paths[i] for i in record["open"]) for record in data["images"]]
+    return space, data["images"], per_image
+
+
+def common_route_from_file(path, threshold: float = 0.95, name: str | None = None) -> Route:
+    """The common network (Sec. 4.3) of the per-image routes saved in ``path``."""
+    space, _, per_image = load_routes(path)
+    return common_route(per_image, threshold, name or f"common({FilePath(path).name})")
+

@@ -1,0 +1,292 @@
+"""Training and evaluation from the command line: recipe pieces, outputs, resume, bad input."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dr.__main__ import main
+from dr.checkpoint import load_checkpoint
+from dr.config import preset
+from dr.cost import CostModel
+from dr.evaluate import load_routes
+from dr.model import DynamicRoutingNet
+from dr.routes import named_route
+from dr.train import TrainConfig, lr_factor, parameter_groups, sample_plan
+
+#: a run small enough for a unit test: a few iterations on 64x64 crops of the embedded data
+SMALL = ["--iters", "6", "--batch", "2", "--crop", "64", "--train-size", "24", "--val-size", "6",
+         "--eval-batch", "6", "--checkpoint-every", "3", "--log-every", "1", "--quiet"]
+METRIC_KEYS = ("miou", "miou_by_regime", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "iters",
+               "seconds", "images_per_second")
+TIMING_KEYS = ("seconds", "images_per_second")
+
+
+def run_cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One small Dynamic-Raw run shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    assert run_cli("train", "--out", out, *SMALL) == 0
+    return out
+
+
+# ---------------------------------------------------------------------- recipe pieces
+def test_lr_schedule_is_warmup_then_poly():
+    total, warmup = 100, 10
+    for t in range(total + 1):
+        poly = (1 - t / total) ** 0.9
+        expected = poly * (0.001 + (1 - 0.001) * t / warmup) if t < warmup else poly
+        assert lr_factor(t, total, warmup) == pytest.approx(expected, abs=1e-12)
+    assert lr_factor(0, total, warmup) == pytest.approx(0.001)
+    assert lr_factor(total, total, warmup) == 0.0
+
+
+def test_parameter_groups_exempt_norms_and_biases_and_scale_gates():
+    model = DynamicRoutingNet(preset("tiny"))
+    groups = {g["name"]: g for g in parameter_groups(model, 1e-4, 10.0)}
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    for name, group in groups.items():
+        for p in group["params"]:
+            pname = by_id[id(p)]
+            assert (".gate." in pname) == name.startswith("gate_"), pname
+            is_norm_or_bias = p.ndim == 1
+            assert (group["weight_decay"] == 0.0) == is_norm_or_bias, pname
+            assert group["lr_scale"] == (10.0 if name.startswith("gate_") else 1.0)
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    bn_weights = [p for n, p in model.named_parameters() if n.endswith("norm.weight") or ".bn." in n]
+    assert bn_weights and all(any(p is q for q in groups["no_decay"]["params"] + groups["gate_no_decay"]["params"])
+                              for p in bn_weights)
+
+
+def test_sample_plan_visits_every_image_once_per_epoch_and_is_reproducible():
+    n, batch = 10, 4
+    plans = [sample_plan(n, batch, seed=3, iteration=i) for i in range(5)]  # 20 samples = 2 epochs
+    indices = [index for plan in plans for index, _ in plan]
+    assert sorted(indices[:10]) == list(range(10)) and sorted(indices[10:]) == list(range(10))
+    assert indices[:10] != indices[10:]  # a new order each epoch
+    assert sample_plan(n, batch, seed=3, iteration=2) == plans[2]
+    assert sample_plan(n, batch, seed=4, iteration=2) != plans[2]
+    seeds = [s for plan in plans for _, s in plan]
+    assert len(set(seeds)) == len(seeds)
+
+
+# ---------------------------------------------------------------------- outputs
+def test_train_writes_metrics_log_routes_and_checkpoint(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    assert metrics["iters"] == 6
+    assert set(metrics["miou_by_regime"]) == {"small", "large", "mixed"}
+    assert metrics["gflops_min"] <= metrics["gflops_avg"] <= metrics["gflops_max"]
+    log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) for r in log)
+    state = load_checkpoint(trained / "checkpoint.pt")
+    assert state["iteration"] == 6
+    for key in ("model", "optimizer", "scheduler", "rng", "model_config", "train_config"):
+        assert key in state
+    space, records, per_image = load_routes(trained / "routes.json")
+    assert len(records) == metrics["num_images"] == 6
+    # every image's cost matches the cost model applied to the route it took (gates included)
+    costs = CostModel(preset("tiny"), 128, 128)
+    for record, paths in zip(records, per_image):
+        assert record["regime"] in ("small", "large", "mixed")
+        assert record["gflops"] == pytest.approx(costs.route_cost(paths, gated=True).flops / 1e9, rel=1e-6)
+
+
+def test_eval_prints_the_same_keys_and_the_same_result(trained, capsys, tmp_path):
+    capsys.readouterr()
+    assert run_cli("eval", "--checkpoint", trained / "checkpoint.pt", "--json", "--out", tmp_path) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((trained / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in printed, key
+    for key in ("miou", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "iters", "seconds"):
+        assert printed[key] == pytest.approx(saved[key], rel=1e-9), key
+    assert printed["miou_by_regime"] == pytest.approx(saved["miou_by_regime"])
+    assert (tmp_path / "eval.json").exists() and (tmp_path / "eval_routes.json").exists()
+
+
+def test_eval_test_time_augmentation_runs(trained, capsys, tmp_path):
+    assert run_cli("eval", "--checkpoint", trained / "checkpoint.pt", "--json", "--flip", "--scales", "0.5,1",
+                   "--out", tmp_path) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["flip"] is True and printed["scales"] == [0.5, 1.0]
+    assert 0.0 <= printed["miou"] <= 1.0
+
+
+def test_static_route_and_common_network_from_a_routes_file(trained, tmp_path):
+    out = tmp_path / "fcn"
+    assert run_cli("train", "--out", out, "--route", "fcn32s", *SMALL) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = preset("tiny", activation="fix")
+    route = named_route("fcn32s", DynamicRoutingNet(config).space)
+    expected = CostModel(config, 128, 128).route_cost(route.paths, gated=False).flops / 1e9
+    assert metrics["gflops_avg"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["gflops_max"] == metrics["gflops_min"]
+    # the common network of the dynamic run, trained as a static route
+    common = tmp_path / "common"
+    assert run_cli("train", "--out", common, "--route", trained / "routes.json", *SMALL) == 0
+    metrics = json.loads((common / "metrics.json").read_text())
+    assert metrics["route"].startswith("common") and metrics["route_paths"]
+
+
+def test_resume_after_sigkill_ends_identical_to_an_uninterrupted_run(tmp_path):
+    args = ["--iters", "12", "--batch", "2", "--crop", "64", "--train-size", "30", "--val-size", "6",
+            "--eval-batch", "6", "--checkpoint-every", "4", "--log-every", "1", "--quiet", "--drop-path", "0.2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    command = [sys.executable, "-m", "dr", "train"]
+    subprocess.run(command + ["--out", str(whole)] + args, check=True, capture_output=True)
+    process = subprocess.Popen(command + ["--out", str(killed)] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once it is past its first checkpoint (iteration 4)
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= 6:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it could be killed"
+    assert load_checkpoint(killed / "checkpoint.pt")["iteration"] in (4, 8)
+    subprocess.run(command + ["--out", str(killed), "--resume", "--quiet"], check=True, capture_output=True)
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    for key in TIMING_KEYS:
+        a.pop(key), b.pop(key)
+    assert a == b
+    strip = lambda path: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in path.read_text().splitlines()]
+    assert strip(whole / "train_log.jsonl") == strip(log)
+    sa, sb = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
+    for name, tensor in sa["model"].items():
+        assert torch.equal(tensor, sb["model"][name]), name
+
+
+# ---------------------------------------------------------------------- bad input
+def error_of(capsys, *args, code=2) -> str:
+    capsys.readouterr()
+    assert run_cli(*args) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--preset", "huge", ["unknown preset 'huge'", "tiny"]),
+    ("--budget", "D", ["unknown budget 'D'", "none", "raw"]),
+    ("--route", "vgg", ["unknown route 'vgg'", "fcn32s"]),
+    ("--data", "coco", ["unknown data set 'coco'", "cityscapes"]),
+])
+def test_unknown_choices_are_named(capsys, tmp_path, option, value, words):
+    err = error_of(capsys, "train", "--out", tmp_path / "x", option, value, *SMALL)
+    for word in words:
+        assert word in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_data_root_names_layout_and_script(capsys, tmp_path):
+    err = error_of(capsys, "train", "--out", tmp_path / "x", "--data", "cityscapes", "--data-root", tmp_path / "nowhere", *SMALL)
+    assert "nowhere" in err and "leftImg8bit" in err and "prepare_cityscapes.py" in err
+    err = error_of(capsys, "train", "--out", tmp_path / "y", "--data", "voc", *SMALL)
+    assert "--data-root" in err
+
+
+def test_existing_run_is_not_overwritten(trained, capsys):
+    before = (trained / "checkpoint.pt").read_bytes()
+    err = error_of(capsys, "train", "--out", trained, *SMALL)
+    assert "--resume" in err
+    assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+def test_checkpoint_for_another_preset_is_refused(trained, capsys, tmp_path):
+    err = error_of(capsys, "eval", "--checkpoint", trained / "checkpoint.pt", "--preset", "paper-l16")
+    assert "tiny" in err and "paper-l16" in err
+    err = error_of(capsys, "train", "--out", trained, "--resume", "--preset", "paper-l16")
+    assert "--preset tiny" in err
+    # a checkpoint whose weights belong to another network
+    state = load_checkpoint(trained / "checkpoint.pt")
+    state["model_config"] = preset("paper-l16", num_classes=6).to_dict()
+    torch.save(state, tmp_path / "other.pt")
+    err = error_of(capsys, "eval", "--checkpoint", tmp_path / "other.pt")
+    assert "different network" in err or "does not fit" in err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(capsys, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(256))
+    assert "not a checkpoint" in error_of(capsys, "eval", "--checkpoint", garbage)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    assert "not a dr checkpoint" in error_of(capsys, "eval", "--checkpoint", plain)
+    assert "no checkpoint at" in error_of(capsys, "eval", "--checkpoint", tmp_path / "absent.pt")
+
+
+class _Exploit:
+    """Unpickling this would create a file: a checkpoint that executes code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_that_would_execute_code_is_refused(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        torch.save({"format": "dr-checkpoint", "payload": _Exploit(marker)}, f, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    err = error_of(capsys, "eval", "--checkpoint", evil)
+    assert "execute code" in err and "not loaded" in err
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(monkeypatch, capsys, tmp_path):
+    import dr.train
+
+    real = dr.train.segmentation_loss
+    calls = {"n": 0}
+
+    def diverging(logits, label):
+        calls["n"] += 1
+        loss = real(logits, label)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(dr.train, "segmentation_loss", diverging)
+    out = tmp_path / "nan"
+    err = error_of(capsys, "train", "--out", out, *SMALL, code=3)
+    assert "nan" in err.lower() and "iteration 5" in err and "iteration 3" in err
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 3
+    assert not (out / "metrics.json").exists()
+    monkeypatch.setattr(dr.train, "segmentation_loss", real)
+    assert run_cli("train", "--out", out, "--resume") == 0  # the kept checkpoint resumes
+    assert json.loads((out / "metrics.json").read_text())["iters"] == 6
+
+
+def test_a_budget_with_a_static_route_is_refused(capsys, tmp_path):
+    assert "static route" in error_of(capsys, "train", "--out", tmp_path / "x", "--route", "unet", "--budget", "A", *SMALL)
+
+
+def test_config_round_trip():
+    cfg = TrainConfig(crop=(64, 96), budget="B")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_errors_in_a_subprocess_show_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dr", "train", "--out", str(tmp_path / "x"), "--preset", "huge"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "unknown preset 'huge'" in result.stderr
