@@ -1,5 +1,6 @@
 # Two commands, each creating the environment on a fresh machine:
-#   make run    the main job on the embedded default (for now: the Layer16 architecture summary)
+#   make run    the main job: the CPU tutorial training on the embedded data (about 4 minutes);
+#               a second `make run` resumes / re-evaluates the same run instead of overwriting it
 #   make test   the whole test suite (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV := .venv
@@ -14,8 +15,14 @@ $(STAMP): pyproject.toml constraints-ci.txt
 
 env: $(STAMP)
 
+RUN_DIR ?= runs/tutorial
+
 run: $(STAMP)
-	$(VENV)/bin/python -m dr info --preset paper-l16
+	@if [ -f $(RUN_DIR)/checkpoint.pt ]; then \
+		$(VENV)/bin/python -m dr train --out $(RUN_DIR) --resume; \
+	else \
+		$(VENV)/bin/python -m dr train --out $(RUN_DIR); \
+	fi
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests

@@ -80,6 +80,27 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_bench_train(args) -> int:
+    from dr.bench import train_step_benchmark
+
+    _check_choice("preset", args.preset, PRESETS)
+    if args.batch < 1 or args.repeats < 1:
+        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    config = preset(args.preset)
+    height, width = _size(args)
+    result = train_step_benchmark(config, height, width, batch=args.batch, repeats=args.repeats, progress=not args.json)
+    result["preset"] = args.preset
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.preset} training step, {height}x{width}, batch {args.batch}, median of {args.repeats} "
+          f"interleaved rounds (CPU, {result['threads']} threads)")
+    print(f"  Network-Fix                   {result['fix_ms']:9.1f} ms")
+    print(f"  Dynamic-Raw, small gate       {result['raw_small_gate_ms']:9.1f} ms  ratio {result['raw_small_gate_over_fix']:.3f}")
+    print(f"  Dynamic-Raw, full-res gate    {result['raw_ms']:9.1f} ms  ratio {result['raw_over_fix']:.3f}")
+    return 0
+
+
 #: command-line options of ``train`` that map one to one onto :class:`dr.train.TrainConfig` fields
 TRAIN_OPTIONS = ("preset", "data", "data_root", "budget", "route", "common_threshold", "iters", "batch", "crop", "lr",
                  "warmup", "drop_path", "gate_lr", "activation", "small_gate", "sepconv_repeats", "seed", "train_size",
@@ -184,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=cmd_bench)
+
+    bt = sub.add_parser("bench-train", help="training step time: Dynamic-Raw (small / full gate) vs Network-Fix")
+    bt.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    bt.add_argument("--size", help="crop HxW (default: the preset's size)")
+    bt.add_argument("--batch", type=int, default=8)
+    bt.add_argument("--repeats", type=int, default=10, help="timed rounds (median reported)")
+    bt.add_argument("--json", action="store_true", help="print one JSON object")
+    bt.set_defaults(func=cmd_bench_train)
 
     # train: every option defaults to None so that --resume can tell what was given explicitly;
     # the defaults themselves live in dr.train.TrainConfig (the CPU tutorial run).

@@ -77,6 +77,7 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
     loader = DataLoader(dataset, batch_size=batch_size if same_size else 1, shuffle=False, num_workers=workers)
     total = ConfusionMatrix(num_classes)
     by_regime: dict[str, ConfusionMatrix] = {}
+    objects_by_regime: dict[str, ConfusionMatrix] = {}  # class-agnostic: background vs any object
     space: RoutingSpace = model.space
     path_index = {p: i for i, p in enumerate(space.paths)}
     images = []
@@ -95,6 +96,8 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
             total.update(predicted[i], label[i])
             if regime:
                 by_regime.setdefault(regime, ConfusionMatrix(num_classes)).update(predicted[i], label[i])
+                is_object = torch.where(label[i] == 255, label[i], (label[i] > 0).long())
+                objects_by_regime.setdefault(regime, ConfusionMatrix(2)).update((predicted[i] > 0).long(), is_object)
             images.append({
                 "name": batch["name"][i],
                 "regime": regime,
@@ -113,6 +116,9 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
         "iou": {name: _finite(v) for name, v in zip(names, total.iou())},
         "pixel_accuracy": total.pixel_accuracy(),
         "miou_by_regime": {r: m.miou() for r, m in sorted(by_regime.items())},
+        # IoU of "object" (any class) against background: how well objects are found, whatever
+        # their class; it separates the scale (localisation) from the shape (recognition)
+        "object_iou_by_regime": {r: m.iou()[1] for r, m in sorted(objects_by_regime.items())},
         "gflops_avg": sum(gflops) / len(gflops),
         "gflops_max": max(gflops),
         "gflops_min": min(gflops),

@@ -32,6 +32,7 @@ from dr.gate import SoftConditionalGate
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace
 
 MODES = ("soft", "masked", "skip")
+NUM_PATHS_MAX = 3  # keep, up, down: the most paths a node has
 
 
 def node_key(node: Node) -> str:
@@ -163,6 +164,7 @@ class DynamicRoutingNet(nn.Module):
         self.nodes = nn.ModuleDict({node_key(n): RoutingNode(self.space, n, config) for n in self.space.nodes})
         self.decoder = NaiveDecoder(config.width, config.num_classes)
         self._cost_models: dict[tuple[int, int], CostModel] = {}
+        self._cost_tensors: dict = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -375,25 +377,36 @@ class DynamicRoutingNet(nn.Module):
             out.append(f)
         return out
 
-    def _costs(self, costs: CostModel, gates, active):
-        """Expected (Eq. 7-8, alpha-weighted) and real (indicator-weighted) routing-space cost per image."""
-        expected = 0.0
-        real = 0.0
-        for node, alpha in gates.items():
-            cell = costs.cell_cost[node].flops
-            gate = costs.gate_cost[node].flops
-            paths = torch.tensor(
-                [costs.path_cost[Path(node.layer, node.scale, d)].flops for d in self.space.directions(node)],
-                dtype=alpha.dtype,
-                device=alpha.device,
+    def _cost_tables(self, costs: CostModel, device, dtype):
+        """Per node, in ``space.nodes`` order: cell, gate and (padded to 3) path costs, as tensors."""
+        key = (costs.height, costs.width, str(device), dtype)
+        if key not in self._cost_tensors:
+            nodes = self.space.nodes
+            paths = [[costs.path_cost[Path(n.layer, n.scale, d)].flops for d in self.space.directions(n)] for n in nodes]
+            self._cost_tensors[key] = (
+                torch.tensor([costs.cell_cost[n].flops for n in nodes], dtype=dtype, device=device),  # (N,)
+                torch.tensor([costs.gate_cost[n].flops for n in nodes], dtype=dtype, device=device),  # (N,)
+                torch.tensor([p + [0.0] * (NUM_PATHS_MAX - len(p)) for p in paths], dtype=dtype, device=device),  # (N, 3)
             )
-            # Eq. 7: max(alpha) * C(cell) + C(gate) + sum_j alpha_j * C(T_j)
-            expected = expected + alpha.max(dim=1).values * cell + gate + (alpha * paths).sum(dim=1)
-            opened = (alpha > 0).to(alpha.dtype)
-            ran = active[node].to(alpha.dtype)
-            real = real + ran * (gate + opened.amax(dim=1) * cell + (opened * paths).sum(dim=1))
-        return expected, real
+        return self._cost_tensors[key]
 
+    def _costs(self, costs: CostModel, gates, active):
+        """Expected (Eq. 7-8, alpha-weighted) and real (indicator-weighted) routing-space cost per image.
+
+        All nodes at once: alpha of every node padded to 3 paths, (B, N, 3). Per node, Eq. 7 is
+        max(alpha) * C(cell) + C(gate) + sum_j alpha_j * C(T_j); the real cost replaces alpha by
+        1[alpha > 0] and counts a node only if it ran for that image.
+        """
+        nodes = self.space.nodes
+        first = gates[nodes[0]]
+        cell, gate, path = self._cost_tables(costs, first.device, first.dtype)
+        alpha = torch.stack([F.pad(gates[n], (0, NUM_PATHS_MAX - gates[n].shape[1])) for n in nodes], dim=1)  # (B, N, 3)
+        expected = alpha.amax(dim=2) @ cell + gate.sum() + (alpha * path).sum(dim=(1, 2))  # Eq. 8
+        with torch.no_grad():
+            opened = (alpha > 0).to(alpha.dtype)
+            ran = torch.stack([active[n] for n in nodes], dim=1).to(alpha.dtype)  # (B, N)
+            real = (ran * (gate + opened.amax(dim=2) * cell + (opened * path).sum(dim=2))).sum(dim=1)
+        return expected, real
 
 def build_model(config: ModelConfig, **kwargs) -> DynamicRoutingNet:
     return DynamicRoutingNet(config, **kwargs)

@@ -2,14 +2,14 @@
 
 No download: every image is generated on the fly, deterministically from ``(seed, split, index)``.
 An image holds a textured background and objects of five classes that differ **only by shape**
-(disc, square, triangle, ring, cross): colours and textures are drawn from one distribution for
+(disc, ring, bar, cross, crescent): colours and textures are drawn from one distribution for
 every class, so a pixel can be classified only from the shape around it. The background is
 textured too, in dull colours, so it is told apart from objects locally.
 
 Each image belongs to a scale regime, recorded with the sample:
 
-- ``small``: 10-18 objects of 5-10% of the image side, where only high-resolution features keep
-  the shape (a route that leaves the 1/4 scale early loses them);
+- ``small``: 8-14 objects of 7-13% of the image side (9-17 pixels), where only high-resolution
+  features keep the shape (a route that leaves the 1/4 scale early loses them);
 - ``large``: 1-3 objects from half the side to larger than the image, often cut by the border,
   where a pixel's class is decided far away from it (a route without coarse scales sees too little);
 - ``mixed``: a few large objects with small ones on top.
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from dr.data import MEAN, STD, DataError, DatasetInfo
 
-CLASS_NAMES = ("background", "disc", "square", "triangle", "ring", "cross")
+CLASS_NAMES = ("background", "disc", "ring", "bar", "cross", "crescent")
 REGIMES = ("small", "large", "mixed")
 IMAGE_SIZE = (128, 128)  # (H, W) of every generated image
 SPLIT_STREAMS = {"train": 0, "val": 1}
@@ -41,7 +41,7 @@ INFO = DatasetInfo(
 )
 
 #: object size as a fraction of the image side: (min, max) of the diameter, per regime
-SMALL_DIAMETER = (0.05, 0.10)
+SMALL_DIAMETER = (0.07, 0.13)
 LARGE_DIAMETER = (0.5, 1.5)
 
 
@@ -65,16 +65,20 @@ def _grey_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def texture(rng: np.random.Generator, height: int, width: int, *, background: bool = False) -> np.ndarray:
-    """A random texture (H, W, 3) in [0, 1]: two random colours mixed by stripes, blotches or checks.
+    """A random texture (H, W, 3) in [0, 1]: two random colours, plain or mixed by blotches,
+    stripes or checks.
 
-    Objects of every class are painted from the same distribution (vivid colours), so colour and
-    texture say nothing about the class; the background uses dull, grey colours, so telling
-    object from background is easy and telling one class from another needs the shape.
+    Objects of every class are painted from the same distribution (vivid colours, plain or
+    blotched), so colour and texture say nothing about the class; the background uses dull, grey
+    colours and any pattern, so telling object from background is easy and telling one class
+    from another needs the shape.
     """
     colour = _grey_colour if background else _saturated_colour
     a, b = colour(rng), colour(rng)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    kind = rng.integers(4)
+    # objects are plain or smoothly shaded (no stripes or checks, whose edges would mimic shape
+    # edges); the background may be any of the four
+    kind = rng.integers(4) if background else rng.choice([0, 2])
     if kind == 0:  # plain colour
         mix = np.zeros((height, width), np.float32)
     elif kind == 1:  # stripes at a random angle and period
@@ -101,21 +105,17 @@ def shape_mask(kind: int, height: int, width: int, cy: float, cx: float, radius:
     c, s = math.cos(angle), math.sin(angle)
     u = ((x - cx) * c + (y - cy) * s) / radius  # rotated coordinates, in units of the radius
     v = (-(x - cx) * s + (y - cy) * c) / radius
+    r2 = u * u + v * v
     if kind == 1:  # disc
-        return u * u + v * v <= 0.85**2
-    if kind == 2:  # square
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.72
-    if kind == 3:  # equilateral triangle inscribed in the unit circle
-        inside = np.ones_like(u, dtype=bool)
-        for k in range(3):
-            t = 2 * math.pi * k / 3 + math.pi / 2
-            inside &= u * math.cos(t) + v * math.sin(t) >= -0.5
-        return inside
-    if kind == 4:  # ring
-        r2 = u * u + v * v
+        return r2 <= 0.85**2
+    if kind == 2:  # ring
         return (r2 <= 1.0) & (r2 >= 0.55**2)
-    if kind == 5:  # cross
+    if kind == 3:  # bar, 3.5 times as long as wide
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.28)
+    if kind == 4:  # cross
         return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
+    if kind == 5:  # crescent: a disc with an off-centre disc cut away
+        return (r2 <= 1.0) & ((u - 0.45) ** 2 + v * v > 0.75**2)
     raise ValueError(f"unknown shape class {kind}")
 
 
@@ -139,9 +139,9 @@ def generate(seed: int, split: str, index: int, size: tuple[int, int] = IMAGE_SI
             diameter = rng.uniform(*LARGE_DIAMETER) * side
             objects.append((diameter, rng.uniform(0, height), rng.uniform(0, width)))
     if regime in ("small", "mixed"):
-        for _ in range(int(rng.integers(10, 19) if regime == "small" else rng.integers(5, 11))):
+        for _ in range(int(rng.integers(8, 15) if regime == "small" else rng.integers(4, 9))):
             diameter = rng.uniform(*SMALL_DIAMETER) * side
-            objects.append((diameter, rng.uniform(4, height - 4), rng.uniform(4, width - 4)))
+            objects.append((diameter, rng.uniform(6, height - 6), rng.uniform(6, width - 6)))
     objects.sort(key=lambda o: -o[0])
     for diameter, cy, cx in objects:
         kind = int(rng.integers(1, len(CLASS_NAMES)))

@@ -315,6 +315,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         }, ckpt_path)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    # A static route trains with real skipping: only its paths are computed, so it trains at its
+    # own cost instead of the whole space's (drop path needs the dense forward).
+    mode = "skip" if route is not None and cfg.drop_path == 0 else None
     batches = DataLoader(PlannedBatches(train_set, cfg.batch, cfg.seed, start, cfg.iters), batch_size=None,
                          num_workers=cfg.workers, pin_memory=device.type == "cuda",
                          generator=torch.Generator())  # its own generator: the global RNG stays as checkpointed
@@ -322,12 +325,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress, unit="it", dynamic_ncols=True)
     last_saved = start if resume else None
     iteration = start
+    mark = time.perf_counter()  # wall time of the loop: data, forward, backward, step, logging
     for batch in batches:
-        tic = time.perf_counter()
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         with autocast:
-            output = model(images, route=route, step_rate=iteration / cfg.iters)
+            output = model(images, route=route, mode=mode, step_rate=iteration / cfg.iters)
         seg = segmentation_loss(output.logits, labels)
         lc = budget(output.expected_cost.float(), iteration) if budget is not None else seg.new_zeros(())
         loss = seg + lc
@@ -343,7 +346,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         optimizer.step()
         scheduler.step()
         iteration += 1
-        seconds += time.perf_counter() - tic
+        now = time.perf_counter()
+        seconds, mark = seconds + (now - mark), now
         expected = float(output.expected_cost.detach().float().mean())  # FLOPs of the routing space
         expected_g = (expected + output.fixed_cost) / 1e9
         seg_value, lc_value = float(seg.detach()), float(lc.detach())

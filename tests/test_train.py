@@ -290,3 +290,35 @@ def test_cli_errors_in_a_subprocess_show_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown preset 'huge'" in result.stderr
+
+
+def test_bench_train_reports_step_times_and_ratios(capsys):
+    assert run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    for name in ("fix", "raw_small_gate", "raw"):
+        assert result[f"{name}_ms"] > 0
+    assert result["raw_small_gate_over_fix"] == pytest.approx(result["raw_small_gate_ms"] / result["fix_ms"])
+
+
+def test_static_route_trains_the_same_with_real_skipping():
+    """Training a static route in ``skip`` mode (only its paths computed) gives the logits and
+    gradients of the dense forward with the route's mask."""
+    torch.manual_seed(0)
+    dense = DynamicRoutingNet(preset("tiny", activation="fix")).train()
+    sparse = DynamicRoutingNet(preset("tiny", activation="fix")).train()
+    sparse.load_state_dict(dense.state_dict())
+    route = named_route("unet", dense.space)
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 6, (2, 64, 64))
+    grads = []
+    for model, mode in ((dense, "soft"), (sparse, "skip")):
+        out = model(images, route=route, mode=mode)
+        torch.nn.functional.cross_entropy(out.logits, labels).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        if mode == "soft":
+            dense_logits = out.logits
+    torch.testing.assert_close(out.logits, dense_logits, rtol=1e-5, atol=1e-5)
+    assert set(grads[1]) <= set(grads[0])
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grad, grads[0][name], rtol=1e-4, atol=1e-5)
+    # parameters off the route get no gradient from the sparse pass
+    assert len(grads[1]) < len(list(sparse.parameters()))
