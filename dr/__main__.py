@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--budget", help="none (Network-Fix), raw (default, Dynamic-Raw), A, B or C (Table 4)")
     train.add_argument("--route", help=f"train a static route: {', '.join(ROUTES)}, or a routes.json (its common network)")
     train.add_argument("--common-threshold", type=float, help="common network: paths open in more than this share (0.95)")
-    train.add_argument("--iters", type=int, help="iterations (default 900)")
+    train.add_argument("--iters", type=int, help="iterations (default 800)")
     train.add_argument("--batch", type=int, help="images per iteration (default 8)")
     train.add_argument("--crop", help="training crop HxW or N (default: 128 synthetic, 768 cityscapes, 512 voc)")
     train.add_argument("--lr", type=float, help="base learning rate (default 0.05)")

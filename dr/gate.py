@@ -54,6 +54,31 @@ def downsample_by_4(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+class VectorConv1x1(nn.Conv2d):
+    """A 1x1 convolution applied to a (B, C, 1, 1) tensor, computed as a matrix product.
+
+    Same parameters (and state-dict shapes) as ``nn.Conv2d(C_in, C_out, 1)``; on a pooled vector
+    a plain ``linear`` avoids the convolution kernel's fixed cost, which dominates at this size.
+    Returns (B, C_out).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
+
+
+class MatmulConv1x1(nn.Conv2d):
+    """A bias-free 1x1 convolution computed as a batched matrix product over the pixels.
+
+    Same parameters as ``nn.Conv2d(C_in, C_out, 1, bias=False)``; on the gate's small inputs the
+    matrix product has a lower fixed cost than the convolution kernel. (B, C_in, H, W) -> (B, C_out, H, W).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        y = torch.matmul(self.weight.view(self.out_channels, channels), x.reshape(batch, channels, height * width))
+        return y.view(batch, self.out_channels, height, width)
+
+
 class SoftConditionalGate(nn.Module):
     """alpha = delta(G(X)) with G from Eq. 2; returns (B, num_paths)."""
 
@@ -74,9 +99,9 @@ class SoftConditionalGate(nn.Module):
         hidden = max(1, channels // 2)
         self.activation = activation
         self.small = small
-        self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)  # F(w1, .)
+        self.reduce = MatmulConv1x1(channels, hidden, 1, bias=False)  # F(w1, .)
         self.norm = nn.BatchNorm2d(hidden)  # N
-        self.logit = nn.Conv2d(hidden, num_paths, 1, bias=True)  # F(w2, .) + beta
+        self.logit = VectorConv1x1(hidden, num_paths, 1, bias=True)  # F(w2, .) + beta, on the pooled vector
         self.reset_parameters(bias)
 
     def reset_parameters(self, bias: float = 1.5) -> None:
@@ -93,7 +118,7 @@ class SoftConditionalGate(nn.Module):
             x = downsample_by_4(x)
         g = F.relu(self.norm(self.reduce(x)))  # (B, C/2, h, w)
         g = g.mean(dim=(2, 3), keepdim=True)  # GAP -> (B, C/2, 1, 1)
-        return self.logit(g).flatten(1)  # (B, P)
+        return self.logit(g)  # (B, P)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gate_activation(self.logits(x), self.activation)

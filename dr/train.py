@@ -57,7 +57,7 @@ class TrainConfig:
     budget: str = "raw"  # none (Network-Fix) | raw (Dynamic-Raw) | A | B | C (Table 4)
     route: str | None = None  # train a static route: a name in dr.routes.ROUTES or a routes.json file
     common_threshold: float = 0.95  # share of images a path must be open in to join the common network
-    iters: int = 900  # training iterations
+    iters: int = 800  # training iterations
     batch: int = 8  # images per iteration
     crop: tuple[int, int] | None = None  # training crop (H, W); None: the data set's (128 / 768 / 512)
     lr: float = 0.05  # base learning rate (the paper's, from scratch)
