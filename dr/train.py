@@ -257,12 +257,15 @@ def _truncate_log(path: Path, iteration: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def build_run(cfg: TrainConfig, device: torch.device):
+def build_run(cfg: TrainConfig, device: torch.device, saved_route: dict | None = None):
     """Model, route, optimiser, scheduler and budget loss of a run (before any checkpoint is loaded)."""
     info = dataset_info(cfg.data)
     torch.manual_seed(cfg.seed)
     model = DynamicRoutingNet(model_config(cfg, info.num_classes), drop_prob=cfg.drop_path).to(device)
-    route = resolve_route(cfg, model)
+    if saved_route is not None:
+        route = Route.from_list(saved_route["name"], saved_route["paths"], model.space)
+    else:
+        route = resolve_route(cfg, model)
     optimizer, scheduler = build_optimizer(model, cfg)
     crop = cfg.crop or info.train_crop
     total_cost = model.cost_model(*crop).routing_space_total.flops
@@ -288,12 +291,15 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     train_set = build_dataset(cfg.data, "train", root=cfg.data_root, train=True, crop=crop, seed=cfg.seed,
                               size=cfg.train_size)
     val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
-    model, route, optimizer, scheduler, budget, total_cost = build_run(cfg, device)
+    state = load_checkpoint(ckpt_path, map_location=device) if resume else None
+    if state is not None:
+        check_compatible(state, cfg, ckpt_path)
+    # a resumed static route is the one saved in the checkpoint (its routes file may have changed)
+    saved_route = state.get("route") if state is not None else None
+    model, route, optimizer, scheduler, budget, total_cost = build_run(cfg, device, saved_route)
 
     start, seconds = 0, 0.0
-    if resume:
-        state = load_checkpoint(ckpt_path, map_location=device)
-        check_compatible(state, cfg, ckpt_path)
+    if state is not None:
         load_model_state(model, state, ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

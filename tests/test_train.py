@@ -138,10 +138,16 @@ def test_static_route_and_common_network_from_a_routes_file(trained, tmp_path):
     assert metrics["gflops_avg"] == pytest.approx(expected, rel=1e-6)
     assert metrics["gflops_max"] == metrics["gflops_min"]
     # the common network of the dynamic run, trained as a static route
-    common = tmp_path / "common"
-    assert run_cli("train", "--out", common, "--route", trained / "routes.json", *SMALL) == 0
+    common, routes_file = tmp_path / "common", tmp_path / "routes.json"
+    routes_file.write_text((trained / "routes.json").read_text())
+    assert run_cli("train", "--out", common, "--route", routes_file, *SMALL) == 0
     metrics = json.loads((common / "metrics.json").read_text())
     assert metrics["route"].startswith("common") and metrics["route_paths"]
+    # resuming uses the route saved in the checkpoint, not the (since removed) routes file
+    routes_file.unlink()
+    assert run_cli("train", "--out", common, "--resume", "--quiet") == 0
+    again = json.loads((common / "metrics.json").read_text())
+    assert again["route_paths"] == metrics["route_paths"] and again["miou"] == metrics["miou"]
 
 
 def test_resume_after_sigkill_ends_identical_to_an_uninterrupted_run(tmp_path):
