@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dr.data import DataError  # noqa: E402
-from dr.realdata import CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, check_files, cityscapes_files  # noqa: E402
+from dr.realdata import (CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, cityscapes_files, report,  # noqa: E402
+                         verify_split)
 
 EXPECTED = {"train": 2975, "val": 500}
 DOWNLOAD = """How to get Cityscapes:
@@ -55,23 +56,9 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
             continue
         cities = len({Path(image).parent.name for image, _ in pairs})
         print(f"  {split}: {len(pairs)} images with labels in {cities} city folder(s) (expected {expected})")
-        if len(pairs) != expected:
-            (warnings if allow_partial else problems).append(
-                f"{split}: found {len(pairs)} of expected {expected} images")
-        errors, seen, read = check_files(pairs, CITYSCAPES_LUT, None if full else sample)
-        names = [CITYSCAPES_INFO.class_names[v] for v in sorted(seen) if v < CITYSCAPES_INFO.num_classes]
-        print(f"  {split}: decoded {read} image/label pairs{'' if full else ' (use --full for all)'}; "
-              f"{len(errors)} bad; {len(names)} of {CITYSCAPES_INFO.num_classes} classes seen")
-        problems += errors
-    for line in warnings:
-        print(f"  WARNING: {line} (--allow-partial)")
-    if problems:
-        for line in problems:
-            print(f"  PROBLEM: {line}")
-        print(DOWNLOAD)
-        return 1
-    print("  OK: usable with --data cityscapes --data-root " + str(root))
-    return 0
+        verify_split(split, pairs, expected, CITYSCAPES_LUT, CITYSCAPES_INFO, full=full, sample=sample,
+                     allow_partial=allow_partial, problems=problems, warnings=warnings)
+    return report(problems, warnings, download=DOWNLOAD, usable=f"--data cityscapes --data-root {root}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dr.data import DataError  # noqa: E402
-from dr.realdata import (VOC_INFO, VOC_LAYOUT, VOC_LUT, check_files, read_label, read_name_list,  # noqa: E402
-                         voc_aug_available, voc_files)
+from dr.realdata import (VOC_INFO, VOC_LAYOUT, VOC_LUT, read_label, read_name_list, report,  # noqa: E402
+                         verify_split, voc_aug_available, voc_files)
 
 EXPECTED = {"train_aug": 10582, "val": 1449, "train": 1464}
 VOC_DOWNLOAD = """How to get PASCAL VOC 2012:
@@ -153,23 +153,10 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
             problems.append(str(error))
             continue
         print(f"  {split}: {len(pairs)} images (expected {EXPECTED[split]})")
-        if len(pairs) != EXPECTED[split]:
-            (warnings if allow_partial else problems).append(
-                f"{split}: found {len(pairs)} of expected {EXPECTED[split]} images")
-        errors, seen, read = check_files(pairs, VOC_LUT, None if full else sample)
-        classes = [v for v in seen if v < VOC_INFO.num_classes]
-        print(f"  {split}: decoded {read} image/label pairs{'' if full else ' (use --full for all)'}; "
-              f"{len(errors)} bad; {len(classes)} of {VOC_INFO.num_classes} classes seen")
-        problems += errors
-    for line in warnings:
-        print(f"  WARNING: {line} (--allow-partial)")
-    if problems:
-        for line in problems:
-            print(f"  PROBLEM: {line}")
-        print(SBD_DOWNLOAD if any("SBD" in p for p in problems) else VOC_DOWNLOAD)
-        return 1
-    print("  OK: usable with --data voc --data-root " + str(root))
-    return 0
+        verify_split(split, pairs, EXPECTED[split], VOC_LUT, VOC_INFO, full=full, sample=sample,
+                     allow_partial=allow_partial, problems=problems, warnings=warnings)
+    download = SBD_DOWNLOAD if any("SBD" in p for p in problems) else VOC_DOWNLOAD
+    return report(problems, warnings, download=download, usable=f"--data voc --data-root {root}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -371,3 +371,35 @@ def voc_dataset(root: str, split: str, *, train: bool = False,
     names = [os.path.splitext(os.path.basename(image))[0] for image, _ in pairs]
     transform = train_transform(_crop(crop, VOC_INFO)) if train else eval_transform()
     return SegmentationFiles(pairs, VOC_LUT, names, transform)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports of the data_scripts/prepare_*.py checks
+# ----------------------------------------------------------------------------------------------
+
+
+def verify_split(split: str, pairs: list[tuple[str, str]], expected: int, lut: np.ndarray, info: DatasetInfo, *,
+                 full: bool, sample: int, allow_partial: bool, problems: list[str], warnings: list[str]) -> None:
+    """Check one split's count against the official one and decode (a sample of) its files;
+    adds what is wrong to ``problems`` (or, for a count under ``allow_partial``, ``warnings``)."""
+    if len(pairs) != expected:
+        (warnings if allow_partial else problems).append(f"{split}: found {len(pairs)} of expected {expected} images")
+    errors, seen, read = check_files(pairs, lut, None if full else sample)
+    classes = [v for v in seen if v < info.num_classes]
+    print(f"  {split}: decoded {read} image/label pairs{'' if full else ' (use --full for all)'}; "
+          f"{len(errors)} bad; {len(classes)} of {info.num_classes} classes seen")
+    problems += errors
+
+
+def report(problems: list[str], warnings: list[str], *, download: str, usable: str) -> int:
+    """Print warnings and problems (then how to get the data) or the OK line; the exit status."""
+    for line in warnings:
+        print(f"  WARNING: {line} (--allow-partial)")
+    if problems:
+        for line in problems:
+            print(f"  PROBLEM: {line}")
+        print(download)
+        return 1
+    print(f"  OK: usable with {usable}")
+    return 0
+
