@@ -26,15 +26,15 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message says why and what to do."""
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Write ``state`` (plus the format tag) to ``path`` atomically; returns the path."""
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, flush it to disk, then
+    rename it over ``path``: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
@@ -43,6 +43,12 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` (plus the format tag) to ``path`` atomically; returns the path."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

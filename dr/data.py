@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IGNORE_INDEX = 255
 #: ImageNet statistics, used by the paper's code for Cityscapes and VOC alike.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

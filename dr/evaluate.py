@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import nullcontext
 from pathlib import Path as FilePath
 
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dr.metrics import ConfusionMatrix
+from dr.checkpoint import atomic_write
+from dr.metrics import IGNORE_INDEX, ConfusionMatrix
 from dr.routes import Route, RouteError, common_route
 from dr.space import Path, RoutingSpace
 
@@ -96,7 +96,7 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
             total.update(predicted[i], label[i])
             if regime:
                 by_regime.setdefault(regime, ConfusionMatrix(num_classes)).update(predicted[i], label[i])
-                is_object = torch.where(label[i] == 255, label[i], (label[i] > 0).long())
+                is_object = torch.where(label[i] == IGNORE_INDEX, label[i], (label[i] > 0).long())
                 objects_by_regime.setdefault(regime, ConfusionMatrix(2)).update((predicted[i] > 0).long(), is_object)
             images.append({
                 "name": batch["name"][i],
@@ -138,11 +138,8 @@ def _finite(value: float):
 
 def write_json(data, path) -> None:
     """Write JSON atomically (temporary file + rename), so a reader never sees half a file."""
-    path = FilePath(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_routes(routes: dict, path) -> None:

@@ -28,7 +28,8 @@ from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from dr.data import IGNORE_INDEX, MEAN, STD, DataError, DatasetInfo
+from dr.data import MEAN, STD, DataError, DatasetInfo
+from dr.metrics import IGNORE_INDEX
 
 SPLITS = ("train", "val")
 

@@ -29,6 +29,7 @@ from dr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dr.config import PRESETS, ConfigError, ModelConfig, preset
 from dr.data import DATASETS, build_dataset, dataset_info
 from dr.evaluate import common_route_from_file, evaluate, save_routes, write_json
+from dr.metrics import IGNORE_INDEX
 from dr.model import DynamicRoutingNet
 from dr.routes import ROUTES, Route, RouteError, named_route
 
@@ -191,7 +192,7 @@ def build_optimizer(model, cfg: TrainConfig):
 
 def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """L_N: pixel-wise cross-entropy, pixels labelled 255 ignored."""
-    return F.cross_entropy(logits.float(), label, ignore_index=255)
+    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
 
 
 # ---------------------------------------------------------------------- data order
@@ -202,12 +203,13 @@ def sample_plan(num_images: int, batch: int, seed: int, iteration: int) -> list[
     permutation and each sample's augmentation seed depend only on ``(seed, k)``, so any
     iteration can be rebuilt without replaying the ones before it.
     """
+    perms: dict[int, torch.Tensor] = {}  # a batch spans at most a few epochs
     plan = []
     for k in range(iteration * batch, (iteration + 1) * batch):
         epoch = k // num_images
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(num_images, generator=g)
-        plan.append((int(perm[k % num_images]), (seed * 2_654_435_761 + k * 97 + 12345) % 2**63))
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        plan.append((int(perms[epoch][k % num_images]), (seed * 2_654_435_761 + k * 97 + 12345) % 2**63))
     return plan
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures: small seeded networks whose gates close different paths for different images."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -78,3 +80,15 @@ def assert_same_output(actual: torch.Tensor, expected: torch.Tensor, rel: float 
     """Equal up to float32 summation order: tolerance relative to the largest magnitude."""
     scale = float(expected.abs().max().clamp(min=1.0))
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=rel * scale)
+
+
+@pytest.fixture(scope="session")
+def trees(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Cityscapes and VOC trees in the real formats (seed 0), generated once per session;
+    tests that damage a tree copy it first."""
+    from dr.fixtures import make_cityscapes, make_voc
+
+    root = tmp_path_factory.mktemp("data")
+    make_cityscapes(root / "cityscapes", seed=0)
+    make_voc(root / "voc", seed=0)
+    return {"cityscapes": root / "cityscapes", "voc": root / "voc"}

@@ -17,18 +17,11 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from dr.data import MEAN, STD, DataError, build_dataset, dataset_info
-from dr.fixtures import CITYSCAPES_SIZE, VOC_SPLITS, VOC_TRAIN_AUG, make_cityscapes, make_voc
+from dr.fixtures import CITYSCAPES_SIZE, VOC_SPLITS, VOC_TRAIN_AUG
 from dr.metrics import ConfusionMatrix
 from dr.realdata import CITYSCAPES_INFO, VOC_INFO, cityscapes_dataset, train_transform, voc_dataset
 
 
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory) -> dict[str, Path]:
-    """The fixture trees, generated once for the module; tests that damage a tree copy it first."""
-    root = tmp_path_factory.mktemp("data")
-    make_cityscapes(root / "cityscapes", seed=0)
-    make_voc(root / "voc", seed=0)
-    return {"cityscapes": root / "cityscapes", "voc": root / "voc"}
 
 
 def reference_trainids(label_ids: np.ndarray) -> np.ndarray:
