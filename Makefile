@@ -1,7 +1,7 @@
 # Two commands, each creating the environment on a fresh machine:
 #   make run    the main job: the CPU tutorial training on the embedded data (about 4 minutes);
 #               a second `make run` resumes / re-evaluates the same run instead of overwriting it
-#   make test   the whole test suite (what CI runs, through .ci/run)
+#   make test   the whole test suite and every notebook (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -24,8 +24,9 @@ run: $(STAMP)
 		$(VENV)/bin/python -m dr train --out $(RUN_DIR); \
 	fi
 
+# CI=true: the notebooks take their fast_run settings (nbval executes each one at its defaults)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	CI=true $(VENV)/bin/python -m pytest -q tests notebooks --nbval-lax
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -38,12 +38,13 @@ def cmd_info(args) -> int:
           f"gate {config.activation}{' (small)' if config.small_gate else ''}, SepConv3x3 x{config.sepconv_repeats}")
     print(f"routing space: {info['nodes']} nodes, {info['paths']} paths; input {height}x{width} "
           f"(computed at {info['padded_size'][0]}x{info['padded_size'][1]})")
+    g = ".1f" if info["gflops_all_open"] >= 10 else ".4f"  # tiny networks: GFLOPs well below 1
     print(f"{'':34s}{'params (M)':>12s}{'GFLOPs':>10s}")
-    print(f"{'dynamic, every path open':34s}{info['params_m']:12.2f}{info['gflops_all_open']:10.1f}")
-    print(f"{'Network-Fix (no gates)':34s}{info['params_fix_m']:12.2f}{info['gflops_fix']:10.1f}")
-    print(f"{'routing space (cells+transforms)':34s}{'':12s}{info['gflops_routing_space']:10.1f}")
+    print(f"{'dynamic, every path open':34s}{info['params_m']:12.2f}{info['gflops_all_open']:10{g}}")
+    print(f"{'Network-Fix (no gates)':34s}{info['params_fix_m']:12.2f}{info['gflops_fix']:10{g}}")
+    print(f"{'routing space (cells+transforms)':34s}{'':12s}{info['gflops_routing_space']:10{g}}")
     if args.route is not None:
-        print(f"{'route ' + args.route + ' (static, no gates)':34s}{info['params_route_m']:12.2f}{info['gflops_route']:10.1f}")
+        print(f"{'route ' + args.route + ' (static, no gates)':34s}{info['params_route_m']:12.2f}{info['gflops_route']:10{g}}")
     print("GFLOPs in the paper's convention: multiply-add = 1, plus BatchNorm and ReLU elements.")
     return 0
 
@@ -102,7 +103,7 @@ def cmd_bench_train(args) -> int:
 
 
 #: command-line options of ``train`` that map one to one onto :class:`dr.train.TrainConfig` fields
-TRAIN_OPTIONS = ("preset", "data", "data_root", "budget", "route", "common_threshold", "iters", "batch", "crop", "lr",
+TRAIN_OPTIONS = ("preset", "data", "data_root", "budget", "kl_weight", "kl_target", "route", "common_threshold", "iters", "batch", "crop", "lr",
                  "warmup", "drop_path", "gate_lr", "activation", "small_gate", "sepconv_repeats", "seed", "train_size",
                  "val_size", "checkpoint_every", "log_every", "eval_batch", "workers", "device")
 
@@ -223,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", help=f"network: {', '.join(PRESETS)} (default tiny)")
     train.add_argument("--data", help="synthetic (default), cityscapes or voc")
     train.add_argument("--data-root", help="root folder of cityscapes / voc (see data_scripts/README.md)")
-    train.add_argument("--budget", help="none (Network-Fix), raw (default, Dynamic-Raw), A, B or C (Table 4)")
+    train.add_argument("--budget", help="none (Network-Fix), raw (default, Dynamic-Raw), A, B or C (Table 4), "
+                       "or kl (sparsity budget lambda * sum_l KL(rho || g_l))")
+    train.add_argument("--kl-weight", type=float, help="lambda of --budget kl (default 0.05)")
+    train.add_argument("--kl-target", type=float, help="rho of --budget kl: target share of open gates (default 0.5)")
     train.add_argument("--route", help=f"train a static route: {', '.join(ROUTES)}, or a routes.json (its common network)")
     train.add_argument("--common-threshold", type=float, help="common network: paths open in more than this share (0.95)")
     train.add_argument("--iters", type=int, help="iterations (default 800)")
@@ -233,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup", type=int, help="warm-up iterations (default min(1000, iters/20))")
     train.add_argument("--drop-path", type=float, help="Scheduled Drop Path probability p (default 0)")
     train.add_argument("--gate-lr", type=float, help="learning-rate multiplier of the gates (default 1)")
-    train.add_argument("--activation", help="gate activation: tanh (default), sigmoid, softmax")
+    train.add_argument("--activation", help="gate activation: tanh (default), sigmoid, softmax, or gumbel "
+                       "(binary straight-through Gumbel-sigmoid gates)")
     train.add_argument("--small-gate", action="store_true", default=None, help="gates on 4x down-sampled features")
     train.add_argument("--sepconv-repeats", type=int, help="SepConv3x3 per cell (default: the preset's, 2)")
     train.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (default 0)")
@@ -262,7 +267,82 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for eval.json and eval_routes.json (default: the checkpoint's)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser("study", help="the reproduction study: train every row on several seeds, write results and figures")
+    st.add_argument("--out", default="runs/study", help="folder of the study's runs (default runs/study)")
+    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    st.add_argument("--iters", type=int, help="iterations per run (default 800; --fast: 6)")
+    st.add_argument("--only", nargs="+", help="train only these rows (names as in dr.study.VARIANTS)")
+    st.add_argument("--fast", action="store_true", help="a reduced grid on tiny data (CI smoke run)")
+    st.add_argument("--no-train", action="store_true", help="only collect what the runs in --out measured")
+    st.add_argument("--checkpoints", default="checkpoints", help="shipped checkpoints reused as seed-0 runs")
+    st.add_argument("--results", help="results JSON (default OUT/reproduction.json)")
+    st.add_argument("--figures", help="folder for the study's figures (default OUT/figures)")
+    st.add_argument("--jobs", type=int, default=1, help="training processes sharing the grid (default 1)")
+    st.add_argument("--secondary-seeds", type=int, help="at most this many seeds for rows outside Table 1")
+    st.add_argument("--train-only", action="store_true", help="train, do not collect (used by --jobs)")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_study)
+
+    fig = sub.add_parser("figures", help="regenerate the committed figures (figures/*.png)")
+    fig.add_argument("--out", default="figures", help="folder for the PNGs (default: figures)")
+    fig.add_argument("--checkpoints", default="checkpoints", help="the shipped tiny checkpoints (default: checkpoints)")
+    fig.add_argument("--results", default="results/reproduction.json",
+                     help="reproduction study results for the mIoU-vs-cost plot (used if present)")
+    fig.set_defaults(func=cmd_figures)
     return parser
+
+
+def cmd_study(args) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from dr.study import FAST_VARIANTS, ITERS, collect, run_study, study_figures, verdict_table, write_results
+
+    seeds = tuple(args.seeds)
+    iters = args.iters or (6 if args.fast else ITERS)
+    names = set(args.only) if args.only else (set(FAST_VARIANTS) if args.fast else None)
+    extra = {"train_size": 64, "val_size": 12} if args.fast else None
+    if not args.no_train and args.jobs > 1:  # N processes share the grid, each with its share of the cores
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        command = [sys.executable, "-m", "dr", "study", "--out", str(args.out), "--seeds", *map(str, seeds),
+                   "--iters", str(iters), "--checkpoints", str(args.checkpoints), "--train-only", "--quiet"]
+        if args.only:
+            command += ["--only", *args.only]
+        if args.fast:
+            command.append("--fast")
+        if args.secondary_seeds is not None:
+            command += ["--secondary-seeds", str(args.secondary_seeds)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        workers = [subprocess.Popen(command, env=env) for _ in range(args.jobs)]
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            print(f"error: a study worker failed (exit codes {codes}); finished runs are kept, run the same "
+                  "command again to continue", file=sys.stderr)
+            return 1
+    elif not args.no_train:
+        run_study(args.out, seeds=seeds, iters=iters, names=names, extra=extra,
+                  shipped=None if args.fast else args.checkpoints, secondary_seeds=args.secondary_seeds,
+                  progress=not args.quiet)
+    if args.train_only:
+        return 0
+    results = collect(args.out, seeds=seeds, iters=iters, fast=args.fast)
+    results_path = Path(args.results) if args.results else Path(args.out) / "reproduction.json"
+    write_results(results, results_path)
+    for path in study_figures(results, args.figures or Path(args.out) / "figures"):
+        print(path)
+    print(verdict_table(results))
+    print(f"wrote {results_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from dr.figures import make_figures
+
+    for path in make_figures(args.out, args.checkpoints, args.results):
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,16 @@ mu is the target fraction of that cost, lambda2 the weight of the constraint.
 
 The authors' schedule switches the constraint off for the first 40% of the iterations and then
 ramps lambda2 linearly to its full value over the next 2%.
+
+An alternative from pixel-wise attentional gating (``../shared/paper`` slides), not the paper's:
+the *sparsity budget* lambda * sum_l KL(rho || g_l), where g_l is the share of open gates in
+layer l and rho its target (:class:`SparsityBudgetLoss`). It constrains how many gates open, not
+what they cost.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -95,3 +102,44 @@ class BudgetLoss(nn.Module):
 
     def forward(self, expected_cost: torch.Tensor, iteration: int = 0) -> torch.Tensor:
         return self.factor(iteration) * budget_loss(expected_cost, self.total_cost, self.target)
+
+
+def kl_sparsity(rho: float, g: torch.Tensor) -> torch.Tensor:
+    """KL(rho || g) = rho log(rho / g) + (1 - rho) log((1 - rho) / (1 - g)), for rho, g in (0, 1)."""
+    return rho * (math.log(rho) - torch.log(g)) + (1 - rho) * (math.log(1 - rho) - torch.log1p(-g))
+
+
+def open_share_by_layer(gates: Mapping) -> dict[int, torch.Tensor]:
+    """g_l: the share of open gates in each layer, over the batch and every path of its nodes.
+
+    Smoothed as (sum + 0.5) / (n + 1) so it stays inside (0, 1) (and keeps its gradient) when a
+    layer's gates are all closed or all open; for binary gates the sum counts the open ones."""
+    by_layer: dict[int, list[torch.Tensor]] = {}
+    for node, alpha in gates.items():  # alpha: (B, P)
+        by_layer.setdefault(node.layer, []).append(alpha.flatten())
+    return {layer: (torch.cat(v).sum() + 0.5) / (sum(t.numel() for t in v) + 1) for layer, v in sorted(by_layer.items())}
+
+
+class SparsityBudgetLoss(nn.Module):
+    """lambda * schedule(iteration) * sum_l KL(rho || g_l): the sparsity budget of pixel-wise
+    attentional gating, on the same 40% off / 2% ramp schedule as :class:`BudgetLoss`."""
+
+    def __init__(self, weight: float, target: float, *, scheduled: bool = True, total_iterations: int | None = None):
+        super().__init__()
+        if weight < 0 or not 0 < target < 1:
+            raise ValueError(f"a sparsity budget needs lambda >= 0 and rho in (0, 1), got {weight}, {target}")
+        if scheduled and not total_iterations:
+            raise ValueError("a scheduled budget needs total_iterations")
+        self.weight = weight
+        self.target = target
+        self.scheduled = scheduled
+        self.total_iterations = total_iterations
+
+    def factor(self, iteration: int) -> float:
+        if not self.scheduled:
+            return self.weight
+        return self.weight * budget_schedule(iteration, self.total_iterations)
+
+    def forward(self, gates: Mapping, iteration: int = 0) -> torch.Tensor:
+        shares = open_share_by_layer(gates)
+        return self.factor(iteration) * sum(kl_sparsity(self.target, g.float()) for g in shares.values())

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 #: Gate activations delta(.) of Eq. 3 and Table 3. ``fix`` means no gate at all (Network-Fix).
-ACTIVATIONS = ("tanh", "sigmoid", "softmax", "fix")
+ACTIVATIONS = ("tanh", "sigmoid", "softmax", "gumbel", "fix")
 #: Number of stacked SepConv3x3 in a cell (Table 2: x1, x2 (the paper's choice), x3).
 SEPCONV_REPEATS = (1, 2, 3)
 #: The smallest input side: the network down-samples by 32.
@@ -30,7 +30,8 @@ class ModelConfig:
     - ``num_classes``: output classes of the decoder (Cityscapes: 19).
     - ``sepconv_repeats``: SepConv3x3 stacked in each cell, 1, 2 (paper) or 3 (Table 2).
     - ``activation``: gate activation delta: ``tanh`` = max(0, tanh) (Eq. 3), ``sigmoid``,
-      ``softmax`` (over a node's paths), or ``fix`` (no gate, every alpha is 1: Network-Fix).
+      ``softmax`` (over a node's paths), ``gumbel`` (binary straight-through Gumbel-sigmoid
+      gates, from pixel-wise attentional gating) or ``fix`` (no gate, every alpha is 1: Network-Fix).
     - ``small_gate``: down-sample the gate input by 4 per side (the paper does so under a budget).
     - ``gate_bias``: initial bias beta of the gate's last convolution (Eq. 2); tanh(1.5) = 0.905.
     - ``stem_width``: channels of the fixed stem (paper: 64, equal to ``width``).

@@ -119,7 +119,7 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
         # IoU of "object" (any class) against background: how well objects are found, whatever
         # their class; it separates the scale (localisation) from the shape (recognition)
         "object_iou_by_regime": {r: m.iou()[1] for r, m in sorted(objects_by_regime.items())},
-        "gflops_avg": sum(gflops) / len(gflops),
+        "gflops_avg": min(max(math.fsum(gflops) / len(gflops), min(gflops)), max(gflops)),  # no rounding past the range
         "gflops_max": max(gflops),
         "gflops_min": min(gflops),
         "gflops_expected_avg": sum(r["gflops_expected"] for r in images) / len(images),

@@ -11,6 +11,12 @@ max(0, tanh) is exactly zero for G <= 0, which is what lets inference skip a pat
 Table 3 compares other activations: ``sigmoid`` (never exactly 0, so nothing is skipped) and
 ``softmax`` over the node's paths. ``fix`` is no gate at all (every alpha is 1, Network-Fix) and
 is handled by the model, not by this module.
+
+``gumbel`` is not from the paper but from pixel-wise attentional gating (``../shared/paper``
+slides): *binary* gates. In training, alpha = 1[sigmoid((G + l) / tau) > 0.5] with logistic noise
+l = log u - log(1 - u) (the difference of two Gumbel variables), and the gradient of the soft
+value sigmoid((G + l) / tau) passes straight through the threshold; tau anneals from
+:data:`GUMBEL_TAU_START` to :data:`GUMBEL_TAU_END` over training. At inference alpha = 1[G > 0].
 """
 from __future__ import annotations
 
@@ -18,11 +24,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATED_ACTIVATIONS = ("tanh", "sigmoid", "softmax")
+GATED_ACTIVATIONS = ("tanh", "sigmoid", "softmax", "gumbel")
+#: temperature schedule of the binary Gumbel gate: tau = start * (end / start) ** step_rate
+GUMBEL_TAU_START = 1.0
+GUMBEL_TAU_END = 0.1
 
 
-def gate_activation(logits: torch.Tensor, activation: str) -> torch.Tensor:
+def gumbel_temperature(step_rate: float) -> float:
+    """tau at ``step_rate`` = iteration / total, annealed geometrically from 1.0 to 0.1."""
+    return GUMBEL_TAU_START * (GUMBEL_TAU_END / GUMBEL_TAU_START) ** min(max(step_rate, 0.0), 1.0)
+
+
+def gumbel_gate(logits: torch.Tensor, temperature: float, training: bool) -> torch.Tensor:
+    """Binary gate: a straight-through Gumbel-sigmoid sample in training, 1[G > 0] at inference."""
+    if not training:
+        return (logits > 0).to(logits.dtype)
+    u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
+    noise = torch.log(u) - torch.log1p(-u)  # logistic = difference of two Gumbel(0, 1)
+    soft = torch.sigmoid((logits + noise) / temperature)
+    hard = (soft > 0.5).to(logits.dtype)
+    return hard + (soft - soft.detach())  # value: exactly hard (0 or 1); gradient: the soft sample's
+
+
+def gate_activation(logits: torch.Tensor, activation: str, *, training: bool = False,
+                    temperature: float = 1.0) -> torch.Tensor:
     """delta(G) for gate logits G of shape (B, P)."""
+    if activation == "gumbel":
+        return gumbel_gate(logits, temperature, training)
     if activation == "tanh":
         return F.relu(torch.tanh(logits))  # max(0, tanh(G)), Eq. 3
     if activation == "sigmoid":
@@ -99,6 +127,7 @@ class SoftConditionalGate(nn.Module):
         hidden = max(1, channels // 2)
         self.activation = activation
         self.small = small
+        self.temperature = GUMBEL_TAU_START  # used by the binary "gumbel" gate only; set by the model
         self.reduce = MatmulConv1x1(channels, hidden, 1, bias=False)  # F(w1, .)
         self.norm = nn.BatchNorm2d(hidden)  # N
         self.logit = VectorConv1x1(hidden, num_paths, 1, bias=True)  # F(w2, .) + beta, on the pooled vector
@@ -121,4 +150,4 @@ class SoftConditionalGate(nn.Module):
         return self.logit(g)  # (B, P)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gate_activation(self.logits(x), self.activation)
+        return gate_activation(self.logits(x), self.activation, training=self.training, temperature=self.temperature)

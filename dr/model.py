@@ -28,7 +28,7 @@ from dr.cell import Cell, conv_bn, make_transform
 from dr.config import ModelConfig, check_input_size
 from dr.cost import CostModel, padded_size
 from dr.droppath import scheduled_drop_prob
-from dr.gate import SoftConditionalGate
+from dr.gate import SoftConditionalGate, gumbel_temperature
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace
 
 MODES = ("soft", "masked", "skip")
@@ -146,7 +146,7 @@ class DynamicRoutingNet(nn.Module):
     (B, 3, H, W) with H, W >= 32 (padded to a multiple of 32 inside, logits cropped back).
     ``route`` restricts the network to a :class:`~dr.routes.Route` (or one route per image):
     closed paths get alpha = 0. ``step_rate`` (iteration / total) drives Scheduled Drop Path
-    when ``drop_prob > 0``.
+    when ``drop_prob > 0`` and the temperature of binary ``gumbel`` gates.
     """
 
     #: At inference a batch runs in chunks of at most this many input pixels (B x H x W). BatchNorm
@@ -210,6 +210,10 @@ class DynamicRoutingNet(nn.Module):
         x = F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
         masks = self.route_masks(route, images.shape[0], images.device)
         stem = self.stem(x)  # (B, C, H/4, W/4)
+        if self.config.activation == "gumbel" and self.training:
+            tau = gumbel_temperature(step_rate)  # binary gates anneal their temperature over training
+            for module in self.nodes.values():
+                module.gate.temperature = tau
         if mode == "skip":
             features, gates, active = self._forward_skip(stem, masks)
         else:
@@ -264,6 +268,11 @@ class DynamicRoutingNet(nn.Module):
             alpha = module.alpha(x)  # (B, P)
             if masks is not None:
                 alpha = alpha * masks[node]
+            if not bool(active[node].all()):
+                # a node that no open path reaches is not computed at inference (Eq. 5-6), so its
+                # gates are 0 here too: training then sees exactly what skipping inference runs
+                # (its input is 0, but BatchNorm shifts would make its cell's output non-zero)
+                alpha = alpha * active[node].unsqueeze(1).to(alpha.dtype)
             gates[node] = alpha
             bypass = alpha.sum(dim=1) == 0  # (B,) every path closed: H = X, Y_keep = X (Eq. 5-6)
             any_bypass = bool(bypass.any())

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from dr.budget import BUDGETS, BudgetLoss
+from dr.budget import BUDGETS, BudgetLoss, SparsityBudgetLoss
 from dr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dr.config import PRESETS, ConfigError, ModelConfig, preset
 from dr.data import DATASETS, build_dataset, dataset_info
@@ -37,8 +37,9 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 METRICS = "metrics.json"
 ROUTES_FILE = "routes.json"
-#: budget names: ``none`` is Network-Fix (no gates); the rest are :data:`dr.budget.BUDGETS`
-BUDGET_CHOICES = ("none", *BUDGETS)
+#: budget names: ``none`` is Network-Fix (no gates); then :data:`dr.budget.BUDGETS` (Eq. 9);
+#: ``kl`` is the sparsity budget of pixel-wise attentional gating (``kl_weight``, ``kl_target``)
+BUDGET_CHOICES = ("none", *BUDGETS, "kl")
 
 
 class TrainingError(RuntimeError):
@@ -55,7 +56,9 @@ class TrainConfig:
     preset: str = "tiny"  # model preset (dr.config.PRESETS)
     data: str = "synthetic"  # synthetic | cityscapes | voc
     data_root: str | None = None  # root folder of a real data set
-    budget: str = "raw"  # none (Network-Fix) | raw (Dynamic-Raw) | A | B | C (Table 4)
+    budget: str = "raw"  # none (Network-Fix) | raw (Dynamic-Raw) | A | B | C (Table 4) | kl (sparsity budget)
+    kl_weight: float = 0.05  # lambda of the kl budget: lambda * sum over layers of KL(rho || g_l)
+    kl_target: float = 0.5  # rho of the kl budget: target share of open gates per layer
     route: str | None = None  # train a static route: a name in dr.routes.ROUTES or a routes.json file
     common_threshold: float = 0.95  # share of images a path must be open in to join the common network
     iters: int = 800  # training iterations
@@ -68,7 +71,7 @@ class TrainConfig:
     clip: float = 5.0  # gradient norm clip
     drop_path: float = 0.0  # Scheduled Drop Path p (Table 5); 0 = off
     gate_lr: float = 1.0  # learning-rate multiplier of the gates
-    activation: str = "tanh"  # gate activation (Table 3): tanh | sigmoid | softmax
+    activation: str = "tanh"  # gate activation (Table 3): tanh | sigmoid | softmax | gumbel (binary)
     small_gate: bool = False  # gates on 4x down-sampled features (cheaper)
     sepconv_repeats: int | None = None  # SepConv3x3 stacked x1/x2/x3 (Table 2); None: the preset's
     seed: int = 0
@@ -119,6 +122,8 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    if not 0 < cfg.kl_target < 1 or cfg.kl_weight < 0:
+        raise ConfigError(f"--kl-target must lie in (0, 1) and --kl-weight be >= 0, got {cfg.kl_target}, {cfg.kl_weight}")
     if not 0 <= cfg.drop_path < 1:
         raise ConfigError(f"--drop-path must lie in [0, 1), got {cfg.drop_path}")
     if cfg.device not in ("auto", "cpu", "cuda"):
@@ -272,7 +277,9 @@ def build_run(cfg: TrainConfig, device: torch.device, saved_route: dict | None =
     crop = cfg.crop or info.train_crop
     total_cost = model.cost_model(*crop).routing_space_total.flops
     budget = None
-    if model.config.gated and cfg.budget not in ("none", "raw"):
+    if model.config.gated and cfg.budget == "kl":
+        budget = SparsityBudgetLoss(cfg.kl_weight, cfg.kl_target, scheduled=True, total_iterations=cfg.iters)
+    elif model.config.gated and cfg.budget not in ("none", "raw"):
         budget = BudgetLoss.from_preset(cfg.budget, total_cost, scheduled=True, total_iterations=cfg.iters)
     return model, route, optimizer, scheduler, budget, total_cost
 
@@ -295,6 +302,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
     state = load_checkpoint(ckpt_path, map_location=device) if resume else None
     if state is not None:
+        if "optimizer" not in state:
+            raise CheckpointError(f"{ckpt_path} holds weights only (a shipped checkpoint for inspection and evaluation); "
+                                  "it cannot be resumed: train into another --out")
         check_compatible(state, cfg, ckpt_path)
     # a resumed static route is the one saved in the checkpoint (its routes file may have changed)
     saved_route = state.get("route") if state is not None else None
@@ -340,7 +350,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         with autocast:
             output = model(images, route=route, mode=mode, step_rate=iteration / cfg.iters)
         seg = segmentation_loss(output.logits, labels)
-        lc = budget(output.expected_cost.float(), iteration) if budget is not None else seg.new_zeros(())
+        if budget is None:
+            lc = seg.new_zeros(())
+        elif isinstance(budget, SparsityBudgetLoss):
+            lc = budget(output.gates, iteration)
+        else:
+            lc = budget(output.expected_cost.float(), iteration)
         loss = seg + lc
         if not torch.isfinite(loss):
             bar.close()

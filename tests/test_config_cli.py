@@ -34,7 +34,7 @@ def test_space_bookkeeping():
     "make, message",
     [
         (lambda: preset("huge"), "unknown preset 'huge'; choose one of paper-l16, paper-l33, tiny"),
-        (lambda: ModelConfig(activation="relu"), "unknown gate activation 'relu'; choose one of tanh, sigmoid, softmax, fix"),
+        (lambda: ModelConfig(activation="relu"), "unknown gate activation 'relu'; choose one of tanh, sigmoid, softmax, gumbel, fix"),
         (lambda: ModelConfig(depth=0), "depth L must be an integer >= 1, got 0"),
         (lambda: ModelConfig(sepconv_repeats=4), "sepconv_repeats must be one of"),
         (lambda: parse_size("16x64"), "input size 16x64 is too small"),

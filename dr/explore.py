@@ -1,0 +1,174 @@
+"""Inspecting routes: which paths one image opens, which scales a regime keeps, what a run learned.
+
+- :func:`route_of`: run a model on one image (skipping inference, Eq. 5-6) and return its
+  :class:`ImageRoute`: prediction, alpha per path, the cells that ran, real and expected cost;
+- :func:`scale_usage`: per image regime, the share of paths open out of each scale (Fig. 1);
+- :func:`gate_values`: every alpha a model produces on some images (Fig. 5);
+- :func:`node_costs`: Eq. 7 node by node, expected against real cost, for one image;
+- :func:`path_frequency`: per regime, the share of images in which each path is open;
+- :func:`load_run`: a training folder (``checkpoint.pt``, ``metrics.json``, ``routes.json``,
+  ``train_log.jsonl``) as one :class:`Run`.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path as FilePath
+
+import numpy as np
+import torch
+
+from dr.checkpoint import CheckpointError, load_checkpoint
+from dr.evaluate import load_routes
+from dr.model import DynamicRoutingNet
+from dr.routes import Route, common_route
+from dr.space import NUM_SCALES, Node, Path, RoutingSpace
+from dr.train import CHECKPOINT, LOG, METRICS, ROUTES_FILE, TrainConfig, model_from_checkpoint
+
+
+@dataclass
+class ImageRoute:
+    """The route one image took through a trained network."""
+
+    name: str
+    regime: str
+    image: torch.Tensor  # (3, H, W), normalised
+    label: torch.Tensor  # (H, W)
+    prediction: torch.Tensor  # (H, W)
+    weights: dict[Path, float]  # alpha of every path out of a node that ran (0 for closed paths)
+    running: set[Node]  # cells computed
+    real_gflops: float  # what skipping inference executed, stem and decoder included
+    expected_gflops: float  # Eq. 8 plus stem and decoder
+
+    @property
+    def open_paths(self) -> frozenset[Path]:
+        return frozenset(p for p, w in self.weights.items() if w > 0)
+
+    def cost_text(self) -> str:
+        return f"real {self.real_gflops:.4f} GFLOPs, expected {self.expected_gflops:.4f}"
+
+
+@torch.no_grad()
+def route_of(model: DynamicRoutingNet, sample: dict, *, route: Route | None = None) -> ImageRoute:
+    """Run ``model`` on one data set sample (dict with ``image``, ``label``, ``name``, ``regime``)."""
+    model.eval()
+    image = sample["image"]
+    out = model(image.unsqueeze(0), route=route, mode="skip")
+    weights, running = {}, set()
+    for node, alpha in out.gates.items():
+        if not bool(out.active[node][0]):
+            continue
+        running.add(node)
+        for j, direction in enumerate(model.space.directions(node)):
+            weights[Path(node.layer, node.scale, direction)] = float(alpha[0, j])
+    return ImageRoute(
+        name=str(sample.get("name", "")), regime=str(sample.get("regime", "")), image=image, label=sample["label"],
+        prediction=out.logits[0].argmax(dim=0), weights=weights, running=running,
+        real_gflops=float(out.total_real_cost[0]) / 1e9,
+        expected_gflops=(float(out.expected_cost[0]) + out.fixed_cost) / 1e9,
+    )
+
+
+def scale_shares(space: RoutingSpace, open_paths: Iterable[Path]) -> np.ndarray:
+    """(4,) share of the paths out of each scale's nodes that are open (NaN for a scale without paths)."""
+    open_paths = set(open_paths)
+    total, opened = np.zeros(NUM_SCALES), np.zeros(NUM_SCALES)
+    for path in space.paths:
+        total[path.scale] += 1
+        opened[path.scale] += path in open_paths
+    return np.divide(opened, total, out=np.full(NUM_SCALES, np.nan), where=total > 0)
+
+
+def scale_usage(space: RoutingSpace, records: Sequence[dict], routes: Sequence[frozenset[Path]]) -> dict[str, list[float]]:
+    """Mean :func:`scale_shares` per image regime, from the per-image records of a routes file."""
+    per_regime: dict[str, list[np.ndarray]] = {}
+    for record, paths in zip(records, routes):
+        per_regime.setdefault(record.get("regime") or "all", []).append(scale_shares(space, paths))
+    order = {"small": 0, "large": 1, "mixed": 2}  # the data's regimes first, in their own order
+    return {regime: np.mean(per_regime[regime], axis=0).tolist()
+            for regime in sorted(per_regime, key=lambda r: (order.get(r, 3), r))}
+
+
+def path_frequency(space: RoutingSpace, records: Sequence[dict], routes: Sequence[frozenset[Path]]) -> dict[str, dict[Path, float]]:
+    """Per image regime (and ``all``), the share of images in which each path is open."""
+    groups: dict[str, list[frozenset[Path]]] = {"all": list(routes)}
+    for record, paths in zip(records, routes):
+        if record.get("regime"):
+            groups.setdefault(record["regime"], []).append(paths)
+    return {regime: {p: sum(p in r for r in rs) / len(rs) for p in space.paths} for regime, rs in groups.items() if rs}
+
+
+def node_costs(model: DynamicRoutingNet, out, index: int, height: int, width: int) -> dict[Node, tuple[float, float]]:
+    """Eq. 7 node by node for image ``index`` of a forward output: (expected, real) FLOPs per node.
+
+    expected = max_j(alpha_j) * C(cell) + C(gate) + sum_j alpha_j * C(T_j)          (Eq. 7)
+    real     = [node ran] * (C(gate) + [any alpha_j > 0] * C(cell) + sum_j [alpha_j > 0] * C(T_j))
+
+    A plain loop over nodes: the model's vectorised ``expected_cost`` / ``real_cost`` are the sums."""
+    costs = model.cost_model(height, width)
+    table = {}
+    for node in model.space.nodes:
+        alpha = [float(a) for a in out.gates[node][index]]
+        paths = [costs.path_cost[Path(node.layer, node.scale, d)].flops for d in model.space.directions(node)]
+        gate = costs.gate_cost[node].flops
+        cell = costs.cell_cost[node].flops
+        expected = max(alpha) * cell + gate + sum(a * c for a, c in zip(alpha, paths))
+        ran = bool(out.active[node][index])
+        real = ran * (gate + any(a > 0 for a in alpha) * cell + sum(c for a, c in zip(alpha, paths) if a > 0))
+        table[node] = (expected, float(real))
+    return table
+
+
+@torch.no_grad()
+def gate_values(model: DynamicRoutingNet, images: torch.Tensor) -> np.ndarray:
+    """Every alpha of the nodes that ran, over a batch of images (Fig. 5's histogram input)."""
+    model.eval()
+    out = model(images, mode="skip")
+    values = [alpha[out.active[node]].flatten() for node, alpha in out.gates.items()]
+    return torch.cat(values).float().cpu().numpy()
+
+
+@dataclass
+class Run:
+    """A finished training folder."""
+
+    folder: FilePath
+    model: DynamicRoutingNet
+    config: TrainConfig
+    metrics: dict
+    route: Route | None  # the static route of a --route run
+    records: list[dict] = field(default_factory=list)  # per image: name, regime, gflops, open path indices
+    routes: list[frozenset[Path]] = field(default_factory=list)  # per image: open paths
+    log: list[dict] = field(default_factory=list)  # train_log.jsonl
+
+    @property
+    def space(self) -> RoutingSpace:
+        return self.model.space
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def common(self, threshold: float = 0.95) -> Route:
+        """The common network (Sec. 4.3, Fig. 4): paths open in more than ``threshold`` of the images."""
+        return common_route(self.routes, threshold, name=f"common({self.name}, {threshold:.0%})")
+
+
+def load_run(folder: str | FilePath) -> Run:
+    """Load what ``python -m dr train --out FOLDER`` (or ``data_scripts/make_checkpoints.py``) wrote."""
+    folder = FilePath(folder)
+    if not (folder / CHECKPOINT).is_file():
+        raise CheckpointError(f"{folder} holds no {CHECKPOINT}; pass a folder written by 'python -m dr train --out', "
+                              "or regenerate the shipped ones with 'python data_scripts/make_checkpoints.py'")
+    state = load_checkpoint(folder / CHECKPOINT)
+    model, cfg = model_from_checkpoint(state, folder / CHECKPOINT)
+    route = Route.from_list(state["route"]["name"], state["route"]["paths"], model.space) if state.get("route") else None
+    metrics = json.loads((folder / METRICS).read_text()) if (folder / METRICS).is_file() else {}
+    records, routes = [], []
+    if (folder / ROUTES_FILE).is_file():
+        _, records, routes = load_routes(folder / ROUTES_FILE)
+    log = []
+    if (folder / LOG).is_file():
+        log = [json.loads(line) for line in (folder / LOG).read_text().splitlines() if line.strip()]
+    return Run(folder, model, cfg, metrics, route, records, routes, log)

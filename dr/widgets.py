@@ -1,0 +1,141 @@
+"""Interactive route explorers (ipywidgets) over the plain functions of :mod:`dr.explore` and
+:mod:`dr.visualise`.
+
+The widgets only wire controls to rendering functions that return figures; every control's
+``value`` can be set from code (the tests do), and :attr:`figure` / :attr:`last` hold what was
+drawn last. Slow work re-renders only when a control is released (``continuous_update=False``).
+
+- :class:`RouteExplorer`: choose a model, an image regime and an image; see image, ground truth,
+  prediction and the route that image took (Fig. 1), with its real and expected cost.
+- :class:`CommonNetworkExplorer`: choose a model and a threshold; see its common network (Fig. 4).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from dr.cost import CostModel
+from dr.explore import ImageRoute, Run, route_of
+from dr.visualise import draw_route, figure, plot_image_route, route_legend
+
+
+def _show(output: widgets.Output, fig: Figure) -> None:
+    """Replace the output's content with ``fig`` (inside a kernel; a no-op elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - ipywidgets depends on IPython
+        return
+    if get_ipython() is None:
+        return
+    with output:
+        output.clear_output(wait=True)
+        display(fig)
+
+
+class RouteExplorer:
+    """Image by image: which route does each trained model take?"""
+
+    def __init__(self, runs: Mapping[str, Run], dataset, *, regimes=("all", "small", "large", "mixed")):
+        if not runs:
+            raise ValueError("RouteExplorer needs at least one run (name -> dr.explore.Run)")
+        self.runs = dict(runs)
+        self.dataset = dataset
+        self.model = widgets.Dropdown(options=list(self.runs), description="model")
+        self.regime = widgets.Dropdown(options=list(regimes), description="images")
+        self.image = widgets.IntSlider(value=0, min=0, max=0, description="image", continuous_update=False)
+        self.output = widgets.Output()
+        self.info = widgets.HTML()
+        self.last: ImageRoute | None = None
+        self.figure: Figure | None = None
+        self._update_indices()
+        self.model.observe(lambda _: self.render(), names="value")
+        self.regime.observe(self._on_regime, names="value")
+        self.image.observe(lambda _: self.render(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.model, self.regime, self.image]), self.info, self.output])
+        self.render()
+
+    def _update_indices(self) -> None:
+        regime = self.regime.value
+        regime_of = getattr(self.dataset, "regime", None)
+        self.indices = [i for i in range(len(self.dataset))
+                        if regime == "all" or regime_of is None or regime_of(i) == regime]
+        if not self.indices:
+            raise ValueError(f"no image of regime {regime!r} in the data set")
+        self.image.max = len(self.indices) - 1
+
+    def _on_regime(self, _change) -> None:
+        self._update_indices()
+        if self.image.value > self.image.max:
+            self.image.value = 0  # triggers render
+        else:
+            self.render()
+
+    def render(self) -> Figure:
+        """Draw the current image under the current model; returns the figure."""
+        run = self.runs[self.model.value]
+        sample = self.dataset[self.indices[min(self.image.value, len(self.indices) - 1)]]
+        self.last = route_of(run.model, sample, route=run.route)
+        self.figure = plot_image_route(self.last.image, self.last.label, self.last.prediction, run.space,
+                                       self.last.weights, self.last.running,
+                                       title=f"{self.model.value}: {self.last.name} ({self.last.regime} objects)",
+                                       cost_text=self.last.cost_text())
+        self.info.value = (f"<b>{len(self.last.open_paths)}</b> of {len(run.space.paths)} paths open, "
+                           f"<b>{len(self.last.running)}</b> of {len(run.space.nodes)} cells computed; "
+                           f"{self.last.cost_text()}")
+        _show(self.output, self.figure)
+        return self.figure
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        display(self.widget)
+
+
+def common_network_figure(run: Run, threshold: float) -> tuple[Figure, dict]:
+    """Fig. 4: the paths ``run`` opens in more than ``threshold`` of its evaluation images,
+    drawn by how often each is open; returns the figure and the common network's numbers."""
+    if not run.routes:
+        raise ValueError(f"{run.folder} has no routes.json: evaluate it first ('python -m dr eval --checkpoint ...')")
+    share = {p: sum(p in r for r in run.routes) / len(run.routes) for p in run.space.paths}
+    common = run.common(threshold)
+    height, width = run.records[0]["height"], run.records[0]["width"]
+    costs = CostModel(run.model.config.replace(activation="fix"), height, width)
+    numbers = {"paths": len(common.paths), "gflops": costs.route_cost(common.paths, gated=False).flops / 1e9,
+               "gflops_dynamic_avg": run.metrics.get("gflops_avg")}
+    fig = figure(8.0, 3.2)
+    ax = fig.add_subplot()
+    draw_route(ax, run.space, {p: share[p] if p in common.paths else 0.0 for p in run.space.paths},
+               title=f"common network of {run.name}: paths open in > {threshold:.0%} of images "
+                     f"({numbers['paths']} paths, {numbers['gflops']:.4f} GFLOPs)")
+    route_legend(ax)
+    return fig, numbers
+
+
+class CommonNetworkExplorer:
+    """The common network of each run as the threshold moves."""
+
+    def __init__(self, runs: Mapping[str, Run], *, threshold: float = 0.95):
+        self.runs = {name: run for name, run in runs.items() if run.routes}
+        if not self.runs:
+            raise ValueError("CommonNetworkExplorer needs runs with per-image routes (routes.json)")
+        self.model = widgets.Dropdown(options=list(self.runs), description="model")
+        self.threshold = widgets.FloatSlider(value=threshold, min=0.05, max=0.99, step=0.01, description="threshold",
+                                             continuous_update=False)
+        self.output = widgets.Output()
+        self.figure: Figure | None = None
+        self.numbers: dict = {}
+        self.model.observe(lambda _: self.render(), names="value")
+        self.threshold.observe(lambda _: self.render(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.model, self.threshold]), self.output])
+        self.render()
+
+    def render(self) -> Figure:
+        self.figure, self.numbers = common_network_figure(self.runs[self.model.value], self.threshold.value)
+        _show(self.output, self.figure)
+        return self.figure
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+        display(self.widget)
