@@ -27,6 +27,11 @@ from dr.space import NUM_SCALES, Node, Path, RoutingSpace
 from dr.train import CHECKPOINT, LOG, METRICS, ROUTES_FILE, TrainConfig, model_from_checkpoint
 
 
+#: the checkout ``dr`` runs from (the project installs it editable): notebooks resolve their
+#: default folders (``checkpoints/``, ``runs/``, ``results/``) against it, whatever their working directory
+CHECKOUT = FilePath(__file__).resolve().parent.parent
+
+
 @dataclass
 class ImageRoute:
     """The route one image took through a trained network."""

@@ -36,6 +36,7 @@ from dr.explore import gate_values, load_run, scale_shares
 from dr.summary import route_parameters
 from dr.synthetic import REGIMES, SyntheticShapes
 from dr.train import CHECKPOINT, LOG, METRICS, ROUTES_FILE, TrainConfig, train
+from dr.visualise import gate_histogram
 
 ITERS = 800
 SEEDS = (0, 1, 2)
@@ -293,7 +294,6 @@ def gate_histograms(out, seeds, names=("Dynamic-Raw", "Dynamic-A", "Dynamic-B", 
     """Fig. 5: histogram of gate values (share per bin) and share of exactly-closed gates, per model,
     over ``images`` validation images and every seed's checkpoint."""
     result = {}
-    edges = np.linspace(0, 1, bins + 1)
     for name in names:
         values = []
         for seed in seeds:
@@ -304,10 +304,7 @@ def gate_histograms(out, seeds, names=("Dynamic-Raw", "Dynamic-A", "Dynamic-B", 
                 batch = torch.stack([val[i]["image"] for i in range(min(images, len(val)))])
                 values.append(gate_values(run.model, batch))
         if values:
-            v = np.concatenate(values)
-            counts, _ = np.histogram(np.clip(v, 0, 1), bins=edges)
-            result[name] = {"edges": edges.tolist(), "share": (counts / len(v)).tolist(),
-                            "closed": float(np.mean(v == 0)), "seeds": len(values)}
+            result[name] = gate_histogram(np.concatenate(values), bins=bins) | {"seeds": len(values)}
     return result
 
 

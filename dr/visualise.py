@@ -47,6 +47,22 @@ def figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def tidy(ax) -> None:
+    """No top and right frame lines."""
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def finish(ax, xlabel: str, ylabel: str, title: str, *, legend: bool = True) -> None:
+    """Axis labels, a small title, a frameless legend and no top / right frame lines."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if legend:
+        ax.legend(fontsize=8, frameon=False)
+    tidy(ax)
+
+
 # --------------------------------------------------------------------------------------------
 # images and labels
 
@@ -115,8 +131,7 @@ def draw_route(ax, space: RoutingSpace, weights: Mapping[Path, float] | None = N
     if label_axes:
         ax.set_xlabel("layer")
         ax.set_ylabel("scale")
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    tidy(ax)
     if title:
         ax.set_title(title, fontsize=10)
 
@@ -194,8 +209,7 @@ def plot_gate_activations(bias: float = 1.5) -> Figure:
         ax.axvline(0, color="#999999", lw=0.6)
         ax.set_xlabel("gate logit G")
         ax.set_title(title, fontsize=10)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        tidy(ax)
     ax_value.text(bias + 0.1, 0.05, f"initial bias {bias}", fontsize=8, color="#555555")
     ax_value.text(-3.9, 0.06, "exactly 0: path skipped", fontsize=8, color=SERIES[0])
     ax_value.legend(fontsize=8, frameon=False, loc="upper left")
@@ -215,12 +229,8 @@ def plot_budget_loss(budgets: Mapping[str, tuple[float, float]]) -> Figure:
     for (name, (weight, target)), colour in zip(budgets.items(), SERIES):
         ax.plot(x, weight * (x - target) ** 2, color=colour, lw=2, label=f"{name}: lambda2={weight}, mu={target}")
         ax.axvline(target, color=colour, lw=0.8, ls=":")
-    ax.set_xlabel("expected cost fraction C(Space) / C")
-    ax.set_ylabel("budget loss lambda2 * L_C")
-    ax.set_title("Eq. 9: the budget loss pulls the expected cost to mu", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    finish(ax, "expected cost fraction C(Space) / C", "budget loss lambda2 * L_C",
+           "Eq. 9: the budget loss pulls the expected cost to mu")
     return fig
 
 
@@ -236,8 +246,7 @@ def plot_budget_schedule(total_iterations: int, *, off_fraction: float = 0.4, ra
     ax.set_xlabel("iteration")
     ax.set_ylabel("factor on lambda2")
     ax.set_title("budget schedule: off, then a short ramp", fontsize=10)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    tidy(ax)
     return fig
 
 
@@ -255,8 +264,7 @@ def plot_node_costs(table: Mapping[Node, tuple[float, float]], *, title: str = "
     ax.set_ylabel("MFLOPs")
     ax.set_title(title or "cost per node", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    tidy(ax)
     return fig
 
 
@@ -268,13 +276,13 @@ def plot_budget_curves(logs: Mapping[str, Sequence[Mapping]]) -> Figure:
         it = [r["iter"] for r in records]
         ax_cost.plot(it, [r["cost_fraction"] for r in records], color=colour, lw=1.8, label=name)
         ax_loss.plot(it, [r["budget_loss"] for r in records], color=colour, lw=1.8, label=name)
-    ax_cost.set_ylim(0, 1.05)
+    top = max([r["cost_fraction"] for records in logs.values() for r in records] + [1.0])
+    ax_cost.set_ylim(0, 1.05 * top)  # above 1 while every path is open: the gates cost too
     ax_cost.set_title("expected cost C(Space) / C (Eq. 8)", fontsize=10)
     ax_loss.set_title("budget loss lambda2 * L_C (Eq. 9)", fontsize=10)
     for ax in (ax_cost, ax_loss):
         ax.set_xlabel("iteration")
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        tidy(ax)
     ax_cost.legend(fontsize=8, frameon=False)
     return fig
 
@@ -290,29 +298,21 @@ def plot_training_log(records: Sequence[Mapping]) -> Figure:
     ax_cost.set_title("expected GFLOPs per image (Eq. 8 + stem + decoder)", fontsize=10)
     for ax in (ax_loss, ax_cost):
         ax.set_xlabel("iteration")
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        tidy(ax)
     return fig
+
+
+def gate_histogram(values, *, bins: int = 20) -> dict:
+    """Histogram of gate values alpha on [0, 1]: bin edges, share of values per bin, share exactly 0."""
+    v = np.asarray(values, dtype=float).ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    counts, _ = np.histogram(np.clip(v, 0, 1), bins=edges)
+    return {"edges": edges.tolist(), "share": (counts / max(1, len(v))).tolist(), "closed": float(np.mean(v == 0))}
 
 
 def plot_gate_distribution(values: Mapping[str, np.ndarray], *, bins: int = 20) -> Figure:
     """Fig. 5: histogram of gate values alpha per model (share of all gate outputs per bin)."""
-    edges = np.linspace(0, 1, bins + 1)
-    fig = figure(5.5, 3.2)
-    ax = fig.add_subplot()
-    width = (edges[1] - edges[0]) / (len(values) + 0.5)
-    for k, ((name, v), colour) in enumerate(zip(values.items(), SERIES)):
-        v = np.asarray(v, dtype=float).ravel()
-        counts, _ = np.histogram(np.clip(v, 0, 1), bins=edges)
-        ax.bar(edges[:-1] + k * width, counts / max(1, len(v)), width=width, align="edge", color=colour,
-               label=f"{name} ({100 * np.mean(v == 0):.0f}% closed)")
-    ax.set_xlabel("gate value alpha")
-    ax.set_ylabel("share of gate outputs")
-    ax.set_title("distribution of gate values (Fig. 5)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    return fig
+    return plot_gate_histograms({name: gate_histogram(v, bins=bins) for name, v in values.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,8 +368,7 @@ def plot_scale_usage(usage: Mapping[str, Mapping[str, Sequence[float]]], *, titl
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("scale of the path's source node")
         ax.set_title(model, fontsize=10)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        tidy(ax)
     axes[0].set_ylabel("share of paths open")
     axes[0].legend(fontsize=8, title="images", title_fontsize=8, loc="lower left", framealpha=0.9)
     if title:
@@ -398,8 +397,7 @@ def plot_miou_vs_cost(points: Sequence[Mapping]) -> Figure:
     ax.set_title("accuracy against cost", fontsize=10)
     if any(groups):
         ax.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    tidy(ax)
     return fig
 
 
@@ -414,12 +412,7 @@ def plot_gate_histograms(histograms: Mapping[str, Mapping]) -> Figure:
         width = (edges[1] - edges[0]) / (len(names) + 0.5)
         ax.bar(edges[:-1] + k * width, h["share"], width=width, align="edge", color=colour,
                label=f"{name} ({100 * h['closed']:.0f}% closed)")
-    ax.set_xlabel("gate value alpha")
-    ax.set_ylabel("share of gate outputs")
-    ax.set_title("distribution of gate values (Fig. 5)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    finish(ax, "gate value alpha", "share of gate outputs", "distribution of gate values (Fig. 5)")
     return fig
 
 
@@ -441,6 +434,5 @@ def plot_regime_miou(means: Mapping[str, Mapping[str, float]], stds: Mapping[str
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mIoU by image regime", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    tidy(ax)
     return fig
