@@ -238,6 +238,7 @@ def collect_rows(out, seeds, variants=VARIANTS) -> dict:
                "paper_gflops": PAPER.get(v.name, (None, None))[1], "params_m": _params_m(done[0][0])}
         for key in ("miou", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "seconds"):
             row[key] = _stats([m[key] for m in metrics])
+        row["miou_per_seed"] = {str(m["seed"]): m["miou"] for m in metrics}  # for paired comparisons
         for regime in REGIMES:
             row[f"miou_{regime}"] = _stats([m["miou_by_regime"].get(regime) for m in metrics])
             row[f"object_iou_{regime}"] = _stats([m["object_iou_by_regime"].get(regime) for m in metrics])
@@ -365,12 +366,23 @@ def _sd(rows, name, key="miou"):
 
 def _compare(rows, a: str, b: str, key: str = "miou") -> tuple[str, float | None, float | None]:
     """Sign of mean(a) - mean(b) against its noise: 'greater', 'smaller' or 'tie' (within one
-    standard error of the difference, sqrt(sa^2/na + sb^2/nb))."""
+    standard error of the difference).
+
+    Rows trained on the same seeds are compared *paired*: a seed fixes the initial weights, the
+    training images and the validation images of every row, so the per-seed differences carry
+    less noise than the rows themselves (standard error = std of the differences / sqrt(n)).
+    Otherwise, unpaired: sqrt(sa^2 / na + sb^2 / nb)."""
     if a not in rows or b not in rows:
         return "missing", None, None
-    ra, rb = rows[a][key], rows[b][key]
-    diff = ra["mean"] - rb["mean"]
-    se = math.sqrt(ra["std"] ** 2 / ra["n"] + rb["std"] ** 2 / rb["n"])
+    per_a, per_b = rows[a].get(f"{key}_per_seed"), rows[b].get(f"{key}_per_seed")
+    common = sorted(set(per_a) & set(per_b)) if per_a and per_b else []
+    if len(common) >= 2:
+        diffs = [per_a[s] - per_b[s] for s in common]
+        diff, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    else:
+        ra, rb = rows[a][key], rows[b][key]
+        diff = ra["mean"] - rb["mean"]
+        se = math.sqrt(ra["std"] ** 2 / ra["n"] + rb["std"] ** 2 / rb["n"])
     if abs(diff) <= se:
         return "tie", diff, se
     return ("greater" if diff > 0 else "smaller"), diff, se
@@ -391,7 +403,8 @@ def verdicts(rows: dict, scales: dict, gates: dict) -> list[dict]:
         r = rows[name][key]
         return f"{scale * r['mean']:.{digits}f} ± {scale * r['std']:.{digits}f}"
 
-    rule_gt = "reproduced if the difference has the paper's sign and exceeds one standard error of the difference over seeds"
+    rule_gt = ("reproduced if the difference has the paper's sign and exceeds one standard error of the difference "
+               "(paired by seed where both rows ran on the same seeds)")
 
     def ordered(a, b, claim, source, paper):
         outcome, diff, se = _compare(rows, a, b)

@@ -29,6 +29,13 @@ def test_stats_and_comparison_rule():
     assert outcome == "greater" and diff == pytest.approx(0.10) and se == pytest.approx(np.sqrt(2 * 0.01**2 / 3))
     assert _compare(rows, "c", "a")[0] == "tie"  # 0.0033 apart with spread 0.02: within one standard error
     assert _compare(rows, "b", "a")[0] == "smaller"
+    # paired by seed: a shared seed effect cancels, so a small but consistent gain counts
+    paired = {"x": {"miou": _stats([0.20, 0.26, 0.23]), "miou_per_seed": {"0": 0.20, "1": 0.26, "2": 0.23}},
+              "y": {"miou": _stats([0.19, 0.25, 0.22]), "miou_per_seed": {"0": 0.19, "1": 0.25, "2": 0.22}}}
+    outcome, diff, se = _compare(paired, "x", "y")
+    assert outcome == "greater" and diff == pytest.approx(0.01) and se == pytest.approx(0.0, abs=1e-12)
+    del paired["y"]["miou_per_seed"]  # unpaired, the same numbers are a tie
+    assert _compare(paired, "x", "y")[0] == "tie"
 
 
 def test_permutation_test_separates_shifted_samples_only():
