@@ -341,14 +341,15 @@ def latency(out, seed: int, names=("Network-Fix", "Dynamic-Raw", "Dynamic-A", "D
                     start = time.perf_counter()
                     o = model(x, mode=mode)
                     times[key].append(time.perf_counter() - start)
-                    cost[key].append(float(o.total_real_cost[0]) / 1e9 if mode == "skip" else None)
+                    # masked execution computes every path: its cost is the all-open network's
+                    cost[key].append(float(o.total_real_cost[0]) / 1e9 if mode == "skip"
+                                     else model.cost_model(*x.shape[-2:]).all_open.flops / 1e9)
     fix_ms = statistics.median(times["Network-Fix"]) * 1000
     fix_gflops = statistics.fmean(cost["Network-Fix"])
     result = {"seed": seed, "images": images, "rounds": rounds, "threads": torch.get_num_threads(), "models": {}}
     for key in calls:
         ms = statistics.median(times[key]) * 1000
-        base = key.replace(" (masked)", "")
-        gflops = statistics.fmean(cost[base])
+        gflops = statistics.fmean(cost[key])
         result["models"][key] = {"ms": ms, "gflops": gflops, "latency_ratio": ms / fix_ms, "cost_ratio": gflops / fix_gflops}
     return result
 
@@ -388,6 +389,12 @@ def _compare(rows, a: str, b: str, key: str = "miou") -> tuple[str, float | None
     return ("greater" if diff > 0 else "smaller"), diff, se
 
 
+def _pairs(rows, a: str, b: str) -> str:
+    per_a, per_b = rows[a].get("miou_per_seed"), rows[b].get("miou_per_seed")
+    common = set(per_a or ()) & set(per_b or ())
+    return f"paired over {len(common)} seeds" if len(common) >= 2 else "unpaired"
+
+
 def verdicts(rows: dict, scales: dict, gates: dict) -> list[dict]:
     """One verdict per claim of the paper: the paper's figure, ours, reproduced / not reproduced /
     not comparable, and why. The rule for each is in its ``rule`` field."""
@@ -411,7 +418,8 @@ def verdicts(rows: dict, scales: dict, gates: dict) -> list[dict]:
         if outcome == "missing":
             return
         verdict = "reproduced" if outcome == "greater" else "not reproduced"
-        add(claim, source, paper, f"{a} {fmt(a)} vs {b} {fmt(b)} (diff {100 * diff:+.1f}, se {100 * se:.1f})",
+        add(claim, source, paper, f"{a} {fmt(a)} vs {b} {fmt(b)} (diff {100 * diff:+.1f}, se {100 * se:.1f}, "
+                                  f"{_pairs(rows, a, b)})",
             verdict, rule_gt, "" if outcome != "tie" else "within noise")
 
     ordered("Dynamic-Raw", "Network-Fix", "Dynamic-Raw is more accurate than Network-Fix", "Table 1, 4", "76.1 vs 74.5")
@@ -451,7 +459,8 @@ def verdicts(rows: dict, scales: dict, gates: dict) -> list[dict]:
     if "SepConv x3" in rows and "Dynamic-Raw" in rows:
         outcome, diff, se = _compare(rows, "SepConv x3", "Dynamic-Raw")
         add("A third SepConv3x3 brings no gain", "Table 2", "75.2 vs 76.1",
-            f"x3 {fmt('SepConv x3')} vs x2 {fmt('Dynamic-Raw')} (diff {100 * diff:+.1f}, se {100 * se:.1f})",
+            f"x3 {fmt('SepConv x3')} vs x2 {fmt('Dynamic-Raw')} (diff {100 * diff:+.1f}, se {100 * se:.1f}, "
+            f"{_pairs(rows, 'SepConv x3', 'Dynamic-Raw')})",
             "reproduced" if outcome in ("smaller", "tie") else "not reproduced",
             "reproduced if x3 is not more accurate than x2 beyond one standard error")
     for name in ("Dynamic-A", "Dynamic-B", "Dynamic-C"):

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_routing_space", "02_soft_conditional_gate", "03_budget_constraint", "04_training",
-            "05_route_explorer"]
+            "05_route_explorer", "06_reproduction"]
 
 
 def test_the_course_notebooks_exist():
