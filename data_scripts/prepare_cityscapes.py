@@ -11,15 +11,14 @@ exits 1 if something is missing or wrong. The labels are mapped to trainIds when
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dr.data import DataError  # noqa: E402
-from dr.realdata import (CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, cityscapes_files, report,  # noqa: E402
-                         verify_split)
+from dr.realdata import (CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, check_arguments,  # noqa: E402
+                         cityscapes_files, parse_check_arguments, report, verify_split)
 
 EXPECTED = {"train": 2975, "val": 500}
 DOWNLOAD = """How to get Cityscapes:
@@ -62,15 +61,10 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, type=Path, help="folder holding leftImg8bit/ and gtFine/")
-    parser.add_argument("--full", action="store_true", help="decode every image and label, not a sample")
-    parser.add_argument("--sample", type=int, default=20, help="pairs decoded per split without --full (20)")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="image counts other than 2975 / 500 are a warning, not an error (subsets, fixtures)")
-    args = parser.parse_args(argv)
-    if args.sample < 1:
-        parser.error(f"--sample must be >= 1, got {args.sample}")
+    parser = check_arguments(__doc__.split("\n\n")[0], root_help="folder holding leftImg8bit/ and gtFine/",
+                             partial_help="image counts other than 2975 / 500 are a warning, not an error "
+                                          "(subsets, fixtures)")
+    args = parse_check_arguments(parser, argv)
     return check(args.root, full=args.full, sample=args.sample, allow_partial=args.allow_partial)
 
 

@@ -15,7 +15,6 @@ missing and how to get it; exits 1 if something is missing or wrong.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -26,8 +25,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dr.data import DataError  # noqa: E402
-from dr.realdata import (VOC_INFO, VOC_LAYOUT, VOC_LUT, read_label, read_name_list, report,  # noqa: E402
-                         verify_split, voc_aug_available, voc_files)
+from dr.realdata import (VOC_INFO, VOC_LAYOUT, VOC_LUT, check_arguments, parse_check_arguments,  # noqa: E402
+                         read_label, read_name_list, report, verify_split, voc_aug_available, voc_files)
 
 EXPECTED = {"train_aug": 10582, "val": 1449, "train": 1464}
 VOC_DOWNLOAD = """How to get PASCAL VOC 2012:
@@ -160,16 +159,10 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, type=Path, help="folder holding VOCdevkit/VOC2012/")
+    parser = check_arguments(__doc__.split("\n\n")[0], root_help="folder holding VOCdevkit/VOC2012/",
+                             partial_help="other image counts, or no SBD augmentation, are a warning, not an error")
     parser.add_argument("--sbd", type=Path, help="SBD's benchmark_RELEASE (or its dataset/) folder: convert it")
-    parser.add_argument("--full", action="store_true", help="decode every image and label, not a sample")
-    parser.add_argument("--sample", type=int, default=20, help="pairs decoded per split without --full (20)")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="other image counts, or no SBD augmentation, are a warning, not an error")
-    args = parser.parse_args(argv)
-    if args.sample < 1:
-        parser.error(f"--sample must be >= 1, got {args.sample}")
+    args = parse_check_arguments(parser, argv)
     if args.sbd is not None:
         if importlib.util.find_spec("scipy") is None:
             print("--sbd needs scipy to read SBD's .mat files; install it with:  pip install scipy")

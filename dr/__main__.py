@@ -49,23 +49,33 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _bench_setup(args):
+    """The preset and size of a benchmark command, after checking its options."""
+    _check_choice("preset", args.preset, PRESETS)
+    if args.batch < 1 or args.repeats < 1:
+        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    return (preset(args.preset), *_size(args))
+
+
+def _printed_json(result: dict, args) -> bool:
+    """Tag the result with its preset; with --json print it and say so."""
+    result["preset"] = args.preset
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return args.json
+
+
 def cmd_bench(args) -> int:
     from dr.bench import benchmark
 
-    _check_choice("preset", args.preset, PRESETS)
+    config, height, width = _bench_setup(args)
     _check_choice("route", args.route, ROUTES)
-    if args.batch < 1 or args.repeats < 1:
-        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    config = preset(args.preset)
-    height, width = _size(args)
     result = benchmark(config, height, width, args.route, batch=args.batch, repeats=args.repeats, progress=not args.json)
-    result["preset"] = args.preset
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if _printed_json(result, args):
         return 0
     print(f"{args.preset} {height}x{width}, batch {args.batch}, route {args.route}, median of {args.repeats} "
           f"(CPU, {result['threads']} threads)")
@@ -84,15 +94,9 @@ def cmd_bench(args) -> int:
 def cmd_bench_train(args) -> int:
     from dr.bench import train_step_benchmark
 
-    _check_choice("preset", args.preset, PRESETS)
-    if args.batch < 1 or args.repeats < 1:
-        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
-    config = preset(args.preset)
-    height, width = _size(args)
+    config, height, width = _bench_setup(args)
     result = train_step_benchmark(config, height, width, batch=args.batch, repeats=args.repeats, progress=not args.json)
-    result["preset"] = args.preset
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if _printed_json(result, args):
         return 0
     print(f"{args.preset} training step, {height}x{width}, batch {args.batch}, median of {args.repeats} "
           f"interleaved rounds (CPU, {result['threads']} threads)")

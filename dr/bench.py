@@ -149,6 +149,41 @@ def per_image_benchmark(model: DynamicRoutingNet, images: torch.Tensor, first_ro
     }
 
 
+@torch.no_grad()
+def trained_latency(models: dict[str, DynamicRoutingNet], images: list[torch.Tensor], *, baseline: str,
+                    rounds: int = 3) -> dict:
+    """Batch-1 latency of trained models, interleaved image by image (each image through every
+    model in turn, ``rounds`` times): median ms per image and mean real GFLOPs, each also as a
+    ratio to ``baseline``. Every gated model also runs ``masked`` (every path computed and
+    multiplied by zero, as the authors' code runs), whose cost is the all-open network's."""
+    calls = {}
+    for name, model in models.items():
+        model.eval()
+        calls[name] = (model, "skip")
+        if model.config.gated:
+            calls[f"{name} (masked)"] = (model, "masked")
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    cost: dict[str, list[float]] = {k: [] for k in calls}
+    with torch.inference_mode():
+        for model, mode in calls.values():
+            model(images[0], mode=mode)  # warm-up
+        for _ in range(rounds):
+            for x in images:
+                for key, (model, mode) in calls.items():
+                    start = time.perf_counter()
+                    out = model(x, mode=mode)
+                    times[key].append(time.perf_counter() - start)
+                    cost[key].append(float(out.total_real_cost[0]) / 1e9 if mode == "skip"
+                                     else model.cost_model(*x.shape[-2:]).all_open.flops / 1e9)
+    base_ms, base_gflops = _median_ms(times[baseline]), statistics.fmean(cost[baseline])
+    result = {"threads": torch.get_num_threads(), "models": {}}
+    for key in calls:
+        ms, gflops = _median_ms(times[key]), statistics.fmean(cost[key])
+        result["models"][key] = {"ms": ms, "gflops": gflops, "latency_ratio": ms / base_ms,
+                                 "cost_ratio": gflops / base_gflops}
+    return result
+
+
 #: training variants compared by :func:`train_step_benchmark`: name -> config overrides
 TRAIN_VARIANTS = {
     "fix": dict(activation="fix"),  # Network-Fix: no gates

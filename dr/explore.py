@@ -75,6 +75,14 @@ def route_of(model: DynamicRoutingNet, sample: dict, *, route: Route | None = No
     )
 
 
+def first_of_each_regime(dataset) -> dict[str, int]:
+    """The index of the first image of each scale regime of a data set (``dataset.regime(i)``)."""
+    found: dict[str, int] = {}
+    for i in range(len(dataset)):
+        found.setdefault(dataset.regime(i), i)
+    return found
+
+
 def scale_shares(space: RoutingSpace, open_paths: Iterable[Path]) -> np.ndarray:
     """(4,) share of the paths out of each scale's nodes that are open (NaN for a scale without paths)."""
     open_paths = set(open_paths)

@@ -15,7 +15,7 @@ import torch
 
 from dr.budget import BUDGETS
 from dr.config import preset
-from dr.explore import Run, gate_values, load_run, path_frequency, route_of, scale_usage
+from dr.explore import Run, first_of_each_regime, gate_values, load_run, path_frequency, route_of, scale_usage
 from dr.routes import CLASSIC_ROUTES, named_route
 from dr.space import RoutingSpace
 from dr.summary import summarize
@@ -46,14 +46,6 @@ def classic_routes_figure(depth: int = 16, height: int = 1024, width: int = 2048
         subtitles[name] = f"{info['gflops_route']:.1f} GFLOPs (paper {PAPER_ROUTE_GFLOPS[name]})"
     subtitles["full"] = f"every path: {summarize(config.replace(activation='fix'), height, width)['gflops_fix']:.1f} GFLOPs"
     return plot_routes(space, {n: named_route(n, space) for n in (*CLASSIC_ROUTES, "full")}, subtitles=subtitles)
-
-
-def regime_examples(dataset) -> dict[str, int]:
-    """The index of the first image of each regime."""
-    found: dict[str, int] = {}
-    for i in range(len(dataset)):
-        found.setdefault(dataset.regime(i), i)
-    return found
 
 
 def make_figures(out: str | FilePath = "figures", checkpoints: str | FilePath = "checkpoints",
@@ -93,7 +85,7 @@ def make_figures(out: str | FilePath = "figures", checkpoints: str | FilePath = 
                                           for regime in ("small", "large", "mixed", "all") if regime in freq},
                          columns=2),
              "route_per_regime.png")
-        examples = regime_examples(val)
+        examples = first_of_each_regime(val)
         for regime, index in examples.items():
             info = route_of(showcase.model, val[index])
             fig = plot_image_route(info.image, info.label, info.prediction, showcase.space, info.weights, info.running,

@@ -17,8 +17,10 @@ so a seeded training is reproducible.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import warnings
+from pathlib import Path as FilePath
 
 import numpy as np
 import torch
@@ -404,3 +406,20 @@ def report(problems: list[str], warnings: list[str], *, download: str, usable: s
     print(f"  OK: usable with {usable}")
     return 0
 
+
+
+def check_arguments(description: str, *, root_help: str, partial_help: str) -> argparse.ArgumentParser:
+    """The options both prepare scripts share: --root, --full, --sample, --allow-partial."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", required=True, type=FilePath, help=root_help)
+    parser.add_argument("--full", action="store_true", help="decode every image and label, not a sample")
+    parser.add_argument("--sample", type=int, default=20, help="pairs decoded per split without --full (20)")
+    parser.add_argument("--allow-partial", action="store_true", help=partial_help)
+    return parser
+
+
+def parse_check_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.sample < 1:
+        parser.error(f"--sample must be >= 1, got {args.sample}")
+    return args

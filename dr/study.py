@@ -30,6 +30,7 @@ from pathlib import Path as FilePath
 import numpy as np
 import torch
 
+from dr.bench import trained_latency
 from dr.checkpoint import load_checkpoint
 from dr.evaluate import load_routes, write_json
 from dr.explore import gate_values, load_run, scale_shares
@@ -325,33 +326,8 @@ def latency(out, seed: int, names=("Network-Fix", "Dynamic-Raw", "Dynamic-A", "D
         return {}
     val = SyntheticShapes("val", seed=seed)
     batch = [val[i]["image"].unsqueeze(0) for i in range(images)]
-    calls = {}
-    for n, r in runs.items():
-        calls[n] = (r.model, "skip")
-        if n != "Network-Fix":
-            calls[f"{n} (masked)"] = (r.model, "masked")
-    times = {k: [] for k in calls}
-    cost = {k: [] for k in calls}
-    with torch.inference_mode():
-        for model, mode in calls.values():
-            model(batch[0], mode=mode)  # warm-up
-        for _ in range(rounds):
-            for x in batch:
-                for key, (model, mode) in calls.items():
-                    start = time.perf_counter()
-                    o = model(x, mode=mode)
-                    times[key].append(time.perf_counter() - start)
-                    # masked execution computes every path: its cost is the all-open network's
-                    cost[key].append(float(o.total_real_cost[0]) / 1e9 if mode == "skip"
-                                     else model.cost_model(*x.shape[-2:]).all_open.flops / 1e9)
-    fix_ms = statistics.median(times["Network-Fix"]) * 1000
-    fix_gflops = statistics.fmean(cost["Network-Fix"])
-    result = {"seed": seed, "images": images, "rounds": rounds, "threads": torch.get_num_threads(), "models": {}}
-    for key in calls:
-        ms = statistics.median(times[key]) * 1000
-        gflops = statistics.fmean(cost[key])
-        result["models"][key] = {"ms": ms, "gflops": gflops, "latency_ratio": ms / fix_ms, "cost_ratio": gflops / fix_gflops}
-    return result
+    result = trained_latency({n: r.model for n, r in runs.items()}, batch, baseline="Network-Fix", rounds=rounds)
+    return {"seed": seed, "images": images, "rounds": rounds, **result}
 
 
 # ---------------------------------------------------------------------------------- verdicts
@@ -359,10 +335,6 @@ def latency(out, seed: int, names=("Network-Fix", "Dynamic-Raw", "Dynamic-A", "D
 
 def _m(rows, name, key="miou"):
     return rows[name][key]["mean"] if name in rows and rows[name][key]["n"] else None
-
-
-def _sd(rows, name, key="miou"):
-    return rows[name][key]["std"] if name in rows else None
 
 
 def _compare(rows, a: str, b: str, key: str = "miou") -> tuple[str, float | None, float | None]:
@@ -591,16 +563,13 @@ def fig1_table(results: dict) -> str:
 
 def readme_tables(results: dict) -> str:
     """The README's result tables, generated from the results JSON (the README pastes this text)."""
-    parts = ["#### Verdicts", "", verdict_table(results), "",
-             "#### Table 1 and Table 4: static routes, common networks, dynamic networks", "",
+    parts = ["### Verdicts", "", verdict_table(results), "",
+             "### Table 1 and Table 4: static routes, common networks, dynamic networks", "",
              rows_table(results, TABLES["table1"]), "",
-             "#### Table 2 (cell), Table 3 (gate activation), hard gates", "",
-             rows_table(results, [n for n in VARIANTS_ORDER_SECONDARY if n in results["rows"]]), "",
-             "#### Fig. 1: share of paths open out of each scale, by image regime (mean over seeds)", "",
+             "### Table 2 (cell), Table 3 (gate activation), hard gates", "",
+             rows_table(results, list(dict.fromkeys(["Dynamic-Raw", *TABLES["table2"], *TABLES["table3"][1:], *TABLES["hard_gates"]]))), "",
+             "### Fig. 1: share of paths open out of each scale, by image regime (mean over seeds)", "",
              fig1_table(results), "",
-             "#### Inference speed of the trained models (seed 0, batch 1, CPU)", "", latency_table(results)]
+             "### Inference speed of the trained models (seed 0, batch 1, CPU)", "", latency_table(results)]
     return "\n".join(parts)
 
-
-VARIANTS_ORDER_SECONDARY = ("Dynamic-Raw", "SepConv x1", "SepConv x3", "Softmax", "Sigmoid", "Dynamic-A",
-                            "Hard + Eq. 9 (A)", "Soft + KL", "Hard + KL")
