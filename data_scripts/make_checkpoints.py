@@ -14,6 +14,7 @@ full runs (with optimizer state, resumable) go to ``--work``; each shipped folde
 Runs already finished in ``--work`` are reused, so an interrupted call resumes where it stopped.
 One run takes about 4 minutes on a 2-core CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dr.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from dr.train import CHECKPOINT, LOG, METRICS, ROUTES_FILE, TrainConfig, train  # noqa: E402
+from dr.training.checkpoint import CHECKPOINT, LOG, METRICS, ROUTES_FILE, load_checkpoint, save_checkpoint  # noqa: E402
+from dr.training.config import TrainConfig
+from dr.training.train import train  # noqa: E402
 
 #: shipped name -> budget (``none`` is Network-Fix)
 MODELS = {"fix": "none", "raw": "raw", "A": "A", "B": "B", "C": "C"}

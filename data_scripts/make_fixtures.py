@@ -4,8 +4,9 @@
 
 Gives DIR/cityscapes (use with --data cityscapes --data-root DIR/cityscapes), DIR/voc (with the
 SBD-augmented layout already in place) and with --sbd DIR/sbd/dataset (SBD's .mat masks, for
-trying prepare_voc.py --sbd). The generators live in dr/fixtures.py so tests can import them.
+trying prepare_voc.py --sbd). The generators live in data_scripts/fixture_trees.py, where the tests import them too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dr.fixtures import make_cityscapes, make_sbd, make_voc  # noqa: E402
+from fixture_trees import make_cityscapes, make_sbd, make_voc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ that every label id is one of cityscapesscripts' table. Prints what is missing a
 exits 1 if something is missing or wrong. The labels are mapped to trainIds when loaded
 (dr.realdata), so no conversion step is needed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dr.data import DataError  # noqa: E402
-from dr.realdata import (CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, check_arguments,  # noqa: E402
-                         cityscapes_files, parse_check_arguments, report, verify_split)
+from checks import check_arguments, parse_check_arguments, report, verify_split  # noqa: E402
+
+from dr.data.base import DataError  # noqa: E402
+from dr.data.realdata import CITYSCAPES_INFO, CITYSCAPES_LAYOUT, CITYSCAPES_LUT, cityscapes_files  # noqa: E402
 
 EXPECTED = {"train": 2975, "val": 500}
 DOWNLOAD = """How to get Cityscapes:
@@ -36,13 +38,18 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
         print(f"  MISSING: the folder {root} does not exist; expected {CITYSCAPES_LAYOUT}")
         print(DOWNLOAD)
         return 1
-    missing = [root / top / split for top in ("leftImg8bit", "gtFine") for split in EXPECTED
-               if not (root / top / split).is_dir()]
+    missing = [
+        root / top / split
+        for top in ("leftImg8bit", "gtFine")
+        for split in EXPECTED
+        if not (root / top / split).is_dir()
+    ]
     if missing:
         for folder in missing:
             print(f"  MISSING: folder {folder}")
-        archives = sorted({"leftImg8bit_trainvaltest.zip" if "leftImg8bit" in str(f) else "gtFine_trainvaltest.zip"
-                           for f in missing})
+        archives = sorted(
+            {"leftImg8bit_trainvaltest.zip" if "leftImg8bit" in str(f) else "gtFine_trainvaltest.zip" for f in missing}
+        )
         print(f"  expected {CITYSCAPES_LAYOUT}; these come from {' and '.join(archives)}")
         print(DOWNLOAD)
         return 1
@@ -55,15 +62,27 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
             continue
         cities = len({Path(image).parent.name for image, _ in pairs})
         print(f"  {split}: {len(pairs)} images with labels in {cities} city folder(s) (expected {expected})")
-        verify_split(split, pairs, expected, CITYSCAPES_LUT, CITYSCAPES_INFO, full=full, sample=sample,
-                     allow_partial=allow_partial, problems=problems, warnings=warnings)
+        verify_split(
+            split,
+            pairs,
+            expected,
+            CITYSCAPES_LUT,
+            CITYSCAPES_INFO,
+            full=full,
+            sample=sample,
+            allow_partial=allow_partial,
+            problems=problems,
+            warnings=warnings,
+        )
     return report(problems, warnings, download=DOWNLOAD, usable=f"--data cityscapes --data-root {root}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = check_arguments(__doc__.split("\n\n")[0], root_help="folder holding leftImg8bit/ and gtFine/",
-                             partial_help="image counts other than 2975 / 500 are a warning, not an error "
-                                          "(subsets, fixtures)")
+    parser = check_arguments(
+        __doc__.split("\n\n")[0],
+        root_help="folder holding leftImg8bit/ and gtFine/",
+        partial_help="image counts other than 2975 / 500 are a warning, not an error (subsets, fixtures)",
+    )
     args = parse_check_arguments(parser, argv)
     return check(args.root, full=args.full, sample=args.sample, allow_partial=args.allow_partial)
 

@@ -13,6 +13,7 @@ Then it counts the splits (train_aug 10582, val 1449, VOC train 1464), decodes a
 and labels (all with --full) and checks that label values are classes 0..20 or 255. Prints what is
 missing and how to get it; exits 1 if something is missing or wrong.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,11 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
+from checks import check_arguments, parse_check_arguments, report, verify_split  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dr.data import DataError  # noqa: E402
-from dr.realdata import (VOC_INFO, VOC_LAYOUT, VOC_LUT, check_arguments, parse_check_arguments,  # noqa: E402
-                         read_label, read_name_list, report, verify_split, voc_aug_available, voc_files)
+from dr.data.base import DataError  # noqa: E402
+from dr.data.realdata import VOC_INFO, VOC_LAYOUT, VOC_LUT, read_label, read_name_list, voc_aug_available, voc_files  # noqa: E402
 
 EXPECTED = {"train_aug": 10582, "val": 1449, "train": 1464}
 VOC_DOWNLOAD = """How to get PASCAL VOC 2012:
@@ -49,7 +50,9 @@ def find_sbd_dataset(sbd: Path) -> Path:
     for candidate in (sbd, sbd / "dataset", sbd / "benchmark_RELEASE" / "dataset"):
         if (candidate / "cls").is_dir():
             return candidate
-    raise DataError(f"no SBD cls/ folder under {sbd}; expected benchmark_RELEASE/dataset/{{cls/*.mat,train.txt,val.txt}}")
+    raise DataError(
+        f"no SBD cls/ folder under {sbd}; expected benchmark_RELEASE/dataset/{{cls/*.mat,train.txt,val.txt}}"
+    )
 
 
 def load_sbd_mask(path: Path) -> np.ndarray:
@@ -106,8 +109,10 @@ def convert_sbd(sbd: Path, root: Path, load=load_sbd_mask) -> list[str]:
     if missing:
         raise DataError(f"{len(missing)} train_aug image(s) missing from {base / 'JPEGImages'}, e.g. {missing[0]}.jpg")
     (lists / "train_aug.txt").write_text("".join(n + "\n" for n in names))
-    print(f"  wrote {len(sbd_names)} SBD + {len(voc_names)} VOC masks to {out} and {len(names)} names to "
-          f"{lists / 'train_aug.txt'}")
+    print(
+        f"  wrote {len(sbd_names)} SBD + {len(voc_names)} VOC masks to {out} and {len(names)} names to "
+        f"{lists / 'train_aug.txt'}"
+    )
     return names
 
 
@@ -124,8 +129,13 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
         print(f"  MISSING: the folder {root} does not exist; expected {VOC_LAYOUT}")
         print(VOC_DOWNLOAD)
         return 1
-    needed = [base / "JPEGImages", base / "SegmentationClass", base / "ImageSets" / "Segmentation",
-              base / "ImageSets" / "Segmentation" / "train.txt", base / "ImageSets" / "Segmentation" / "val.txt"]
+    needed = [
+        base / "JPEGImages",
+        base / "SegmentationClass",
+        base / "ImageSets" / "Segmentation",
+        base / "ImageSets" / "Segmentation" / "train.txt",
+        base / "ImageSets" / "Segmentation" / "val.txt",
+    ]
     missing = [path for path in needed if not path.exists()]
     if missing:
         for path in missing:
@@ -140,27 +150,43 @@ def check(root: Path, *, full: bool, sample: int, allow_partial: bool) -> int:
     else:
         (warnings if allow_partial else problems).append(
             f"SBD augmentation missing ({base / 'SegmentationClassAug'} and "
-            f"{base / 'ImageSets' / 'Segmentation' / 'train_aug.txt'}): training would use VOC's 1464 train images")
+            f"{base / 'ImageSets' / 'Segmentation' / 'train_aug.txt'}): training would use VOC's 1464 train images"
+        )
     for split in splits:
         try:
             if split == "train":  # VOC's own train list, whatever voc_files would pick for training
-                pairs = [(str(base / "JPEGImages" / f"{n}.jpg"), str(base / "SegmentationClass" / f"{n}.png"))
-                         for n in read_name_list(str(base / "ImageSets" / "Segmentation" / "train.txt"))]
+                pairs = [
+                    (str(base / "JPEGImages" / f"{n}.jpg"), str(base / "SegmentationClass" / f"{n}.png"))
+                    for n in read_name_list(str(base / "ImageSets" / "Segmentation" / "train.txt"))
+                ]
             else:
                 pairs, _ = voc_files(str(root), "train" if split == "train_aug" else "val")
         except DataError as error:
             problems.append(str(error))
             continue
         print(f"  {split}: {len(pairs)} images (expected {EXPECTED[split]})")
-        verify_split(split, pairs, EXPECTED[split], VOC_LUT, VOC_INFO, full=full, sample=sample,
-                     allow_partial=allow_partial, problems=problems, warnings=warnings)
+        verify_split(
+            split,
+            pairs,
+            EXPECTED[split],
+            VOC_LUT,
+            VOC_INFO,
+            full=full,
+            sample=sample,
+            allow_partial=allow_partial,
+            problems=problems,
+            warnings=warnings,
+        )
     download = SBD_DOWNLOAD if any("SBD" in p for p in problems) else VOC_DOWNLOAD
     return report(problems, warnings, download=download, usable=f"--data voc --data-root {root}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = check_arguments(__doc__.split("\n\n")[0], root_help="folder holding VOCdevkit/VOC2012/",
-                             partial_help="other image counts, or no SBD augmentation, are a warning, not an error")
+    parser = check_arguments(
+        __doc__.split("\n\n")[0],
+        root_help="folder holding VOCdevkit/VOC2012/",
+        partial_help="other image counts, or no SBD augmentation, are a warning, not an error",
+    )
     parser.add_argument("--sbd", type=Path, help="SBD's benchmark_RELEASE (or its dataset/) folder: convert it")
     args = parse_check_arguments(parser, argv)
     if args.sbd is not None:

@@ -15,6 +15,7 @@ the *sparsity budget* lambda * sum_l KL(rho || g_l), where g_l is the share of o
 layer l and rho its target (:class:`SparsityBudgetLoss`). It constrains how many gates open, not
 what they cost.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,9 @@ def budget_preset(name: str) -> BudgetPreset:
     return BUDGETS[name]
 
 
-def budget_schedule(iteration: int, total_iterations: int, *, off_fraction: float = 0.4, ramp_fraction: float = 0.02) -> float:
+def budget_schedule(
+    iteration: int, total_iterations: int, *, off_fraction: float = 0.4, ramp_fraction: float = 0.02
+) -> float:
     """Factor in [0, 1] on lambda2: 0 for the first 40% of iterations, then a linear ramp to 1 over 2%."""
     if total_iterations <= 0:
         raise ValueError(f"total_iterations must be positive, got {total_iterations}")
@@ -67,41 +70,58 @@ def budget_loss(expected_cost: torch.Tensor, total_cost: float, target: float) -
     return (expected_cost.mean() / total_cost - target) ** 2
 
 
-class BudgetLoss(nn.Module):
-    """lambda2 * schedule(iteration) * L_C; the term to add to the segmentation loss (Eq. 10).
+class Budget(nn.Module):
+    """A constraint on the routes, added to the segmentation loss: L = L_N + factor(t) * penalty (Eq. 10).
 
-    - ``weight``: lambda2; ``target``: mu;
-    - ``total_cost``: C, the routing space's full cost at the training crop size;
-    - ``scheduled``: apply the authors' 40% off / 2% ramp schedule (needs ``total_iterations``).
-    """
+    ``factor(t)`` is lambda (``weight``) times the authors' schedule (0 for the first 40% of the
+    iterations, then a ramp to 1 over 2%; ``scheduled=False``: always lambda). ``penalty(output)``
+    reads a :class:`~dr.model.RoutingOutput`: :class:`BudgetLoss` its expected cost (Eq. 9),
+    :class:`SparsityBudgetLoss` its gate values."""
 
-    def __init__(self, weight: float, target: float, total_cost: float, *, scheduled: bool = True, total_iterations: int | None = None):
+    def __init__(self, weight: float, *, scheduled: bool = True, total_iterations: int | None = None):
         super().__init__()
-        if weight < 0 or not 0 <= target <= 1:
-            raise ValueError(f"budget needs lambda2 >= 0 and mu in [0, 1], got {weight}, {target}")
-        if total_cost <= 0:
-            raise ValueError(f"total routing-space cost must be positive, got {total_cost}")
         if scheduled and not total_iterations:
             raise ValueError("a scheduled budget needs total_iterations")
         self.weight = weight
-        self.target = target
-        self.total_cost = float(total_cost)
         self.scheduled = scheduled
         self.total_iterations = total_iterations
 
-    @classmethod
-    def from_preset(cls, name: str, total_cost: float, **kwargs) -> "BudgetLoss":
-        p = budget_preset(name)
-        return cls(p.weight, p.target, total_cost, **kwargs)
-
     def factor(self, iteration: int) -> float:
-        """lambda2 times the schedule at this iteration."""
+        """lambda times the schedule at this iteration."""
         if not self.scheduled:
             return self.weight
         return self.weight * budget_schedule(iteration, self.total_iterations)
 
-    def forward(self, expected_cost: torch.Tensor, iteration: int = 0) -> torch.Tensor:
-        return self.factor(iteration) * budget_loss(expected_cost, self.total_cost, self.target)
+    def penalty(self, output) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, output, iteration: int = 0) -> torch.Tensor:
+        return self.factor(iteration) * self.penalty(output)
+
+
+class BudgetLoss(Budget):
+    """lambda2 * schedule(iteration) * L_C of Eq. 9, on the output's expected cost (Eq. 8).
+
+    - ``weight``: lambda2; ``target``: mu;
+    - ``total_cost``: C, the routing space's full cost at the training crop size.
+    """
+
+    def __init__(self, weight: float, target: float, total_cost: float, **schedule):
+        super().__init__(weight, **schedule)
+        if weight < 0 or not 0 <= target <= 1:
+            raise ValueError(f"budget needs lambda2 >= 0 and mu in [0, 1], got {weight}, {target}")
+        if total_cost <= 0:
+            raise ValueError(f"total routing-space cost must be positive, got {total_cost}")
+        self.target = target
+        self.total_cost = float(total_cost)
+
+    @classmethod
+    def from_preset(cls, name: str, total_cost: float, **schedule) -> BudgetLoss:
+        p = budget_preset(name)
+        return cls(p.weight, p.target, total_cost, **schedule)
+
+    def penalty(self, output) -> torch.Tensor:
+        return budget_loss(output.expected_cost.float(), self.total_cost, self.target)
 
 
 def kl_sparsity(rho: float, g: torch.Tensor) -> torch.Tensor:
@@ -117,29 +137,21 @@ def open_share_by_layer(gates: Mapping) -> dict[int, torch.Tensor]:
     by_layer: dict[int, list[torch.Tensor]] = {}
     for node, alpha in gates.items():  # alpha: (B, P)
         by_layer.setdefault(node.layer, []).append(alpha.flatten())
-    return {layer: (torch.cat(v).sum() + 0.5) / (sum(t.numel() for t in v) + 1) for layer, v in sorted(by_layer.items())}
+    return {
+        layer: (torch.cat(v).sum() + 0.5) / (sum(t.numel() for t in v) + 1) for layer, v in sorted(by_layer.items())
+    }
 
 
-class SparsityBudgetLoss(nn.Module):
+class SparsityBudgetLoss(Budget):
     """lambda * schedule(iteration) * sum_l KL(rho || g_l): the sparsity budget of pixel-wise
-    attentional gating, on the same 40% off / 2% ramp schedule as :class:`BudgetLoss`."""
+    attentional gating, on the output's gate values, with the same schedule as :class:`BudgetLoss`."""
 
-    def __init__(self, weight: float, target: float, *, scheduled: bool = True, total_iterations: int | None = None):
-        super().__init__()
+    def __init__(self, weight: float, target: float, **schedule):
+        super().__init__(weight, **schedule)
         if weight < 0 or not 0 < target < 1:
             raise ValueError(f"a sparsity budget needs lambda >= 0 and rho in (0, 1), got {weight}, {target}")
-        if scheduled and not total_iterations:
-            raise ValueError("a scheduled budget needs total_iterations")
-        self.weight = weight
         self.target = target
-        self.scheduled = scheduled
-        self.total_iterations = total_iterations
 
-    def factor(self, iteration: int) -> float:
-        if not self.scheduled:
-            return self.weight
-        return self.weight * budget_schedule(iteration, self.total_iterations)
-
-    def forward(self, gates: Mapping, iteration: int = 0) -> torch.Tensor:
-        shares = open_share_by_layer(gates)
-        return self.factor(iteration) * sum(kl_sparsity(self.target, g.float()) for g in shares.values())
+    def penalty(self, output) -> torch.Tensor:
+        shares = open_share_by_layer(output.gates)
+        return sum(kl_sparsity(self.target, g.float()) for g in shares.values())

@@ -9,6 +9,7 @@ Scale transforms T_{s->j} (Eq. 4):
 - up: ReLU -> conv1x1 (C -> C/2) + BN + ReLU -> bilinear x2;
 - down: ReLU -> conv1x1 stride 2 (C -> 2C) + BN + ReLU.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ A :class:`ModelConfig` says everything that shapes the network: the width ``C`` 
 the depth ``L`` of the routing space, the number of classes, the cell operation and the gate.
 Presets give the paper's Layer16 / Layer33 and a ``tiny`` network that trains on a laptop CPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,11 @@ from dataclasses import dataclass
 
 #: Gate activations delta(.) of Eq. 3 and Table 3. ``fix`` means no gate at all (Network-Fix).
 ACTIVATIONS = ("tanh", "sigmoid", "softmax", "gumbel", "fix")
+#: The activations of a real gate (every one but ``fix``).
+GATED_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "fix")
+#: Initialisations of the gate's last convolution F(w2, .): He-normal (the paper, the authors' code)
+#: or N(0, 0.01) (every path starts open whatever the image); see dr.gate.SoftConditionalGate.
+GATE_INITS = ("he", "small")
 #: Number of stacked SepConv3x3 in a cell (Table 2: x1, x2 (the paper's choice), x3).
 SEPCONV_REPEATS = (1, 2, 3)
 #: The smallest input side: the network down-samples by 32.
@@ -34,6 +40,7 @@ class ModelConfig:
       gates, from pixel-wise attentional gating) or ``fix`` (no gate, every alpha is 1: Network-Fix).
     - ``small_gate``: down-sample the gate input by 4 per side (the paper does so under a budget).
     - ``gate_bias``: initial bias beta of the gate's last convolution (Eq. 2); tanh(1.5) = 0.905.
+    - ``gate_init``: initialisation of that convolution's weights, ``he`` or ``small`` (N(0, 0.01)).
     - ``stem_width``: channels of the fixed stem (paper: 64, equal to ``width``).
     """
 
@@ -44,6 +51,7 @@ class ModelConfig:
     activation: str = "tanh"  # gate activation delta, see ACTIVATIONS
     small_gate: bool = False  # gate input bilinearly down-sampled x4 (used with a budget)
     gate_bias: float = 1.5  # beta init of Eq. 2
+    gate_init: str = "small"  # F(w2) init: he | small, see GATE_INITS
     stem_width: int | None = None  # None: same as width
 
     def __post_init__(self) -> None:
@@ -58,7 +66,7 @@ class ModelConfig:
         """True when nodes carry a soft conditional gate (every activation but ``fix``)."""
         return self.activation != "fix"
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -66,12 +74,19 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
+    def from_dict(cls, values: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
         return cls(**values)
+
+
+def check_activation(activation: str, *, gated: bool = False) -> None:
+    """Raise :class:`ConfigError` for an unknown gate activation (``gated``: ``fix`` is not a gate)."""
+    allowed = GATED_ACTIVATIONS if gated else ACTIVATIONS
+    if activation not in allowed:
+        raise ConfigError(f"unknown gate activation {activation!r}; choose one of {', '.join(allowed)}")
 
 
 def validate(config: ModelConfig) -> None:
@@ -84,14 +99,11 @@ def validate(config: ModelConfig) -> None:
         raise ConfigError(f"stem_width must be a positive integer or None, got {config.stem_width!r}")
     if not isinstance(config.num_classes, int) or config.num_classes < 1:
         raise ConfigError(f"num_classes must be an integer >= 1, got {config.num_classes!r}")
-    if config.activation not in ACTIVATIONS:
-        raise ConfigError(
-            f"unknown gate activation {config.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
-        )
+    check_activation(config.activation)
+    if config.gate_init not in GATE_INITS:
+        raise ConfigError(f"unknown gate init {config.gate_init!r}; choose one of {', '.join(GATE_INITS)}")
     if config.sepconv_repeats not in SEPCONV_REPEATS:
-        raise ConfigError(
-            f"sepconv_repeats must be one of {SEPCONV_REPEATS}, got {config.sepconv_repeats!r}"
-        )
+        raise ConfigError(f"sepconv_repeats must be one of {SEPCONV_REPEATS}, got {config.sepconv_repeats!r}")
 
 
 #: Named presets. ``paper-l16`` / ``paper-l33`` are the paper's Layer16 / Layer33 with

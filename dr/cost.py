@@ -4,24 +4,39 @@ The paper's "FLOPs" count one multiply-add as 1, plus one per element for each R
 BatchNorm; a global average pool counts one per input element and a convolution's bias one per
 output element. (The authors' code would count an affine BatchNorm twice; the paper's own
 figures come out with one per element: Layer16 Network-Fix is 103.14 G here against 103.1 G in
-Table 3, and 103.91 G with two. ``BATCHNORM_FLOPS_PER_ELEMENT`` holds the choice.) Bilinear resizing and the additions that merge
-paths are not counted. ``torch.utils.flop_counter`` counts a multiply-add as 2: compare its
-total with ``2 * macs``.
+Table 3, and 103.91 G with two. ``BATCHNORM_FLOPS_PER_ELEMENT`` holds the choice.) Bilinear
+resizing and the additions that merge paths are not counted. ``torch.utils.flop_counter`` counts
+a multiply-add as 2: compare its total with ``2 * macs``.
 
 Every cost is an :class:`OpCost` (multiply-adds and element operations kept apart), so that the
 convolutions alone can be checked against PyTorch's counter. :class:`CostModel` tabulates the
-cost of every node's cell and gate and of every path at one (padded) input size; the model uses
-the tables to give each image its expected cost (Eq. 7-8, alpha-weighted) and real cost
-(indicator-weighted, only what the skipping inference executes).
+cost of every node's cell and gate and of every path at one (padded) input size, and
+:func:`expected_cost` / :func:`real_cost` give each image its cost from its gate values:
+
+    C(Node) = max_j(alpha_j) C(Cell) + C(Gate) + sum_j alpha_j C(T_j)          (Eq. 7)
+    C(Space) = sum over the nodes of C(Node)                                     (Eq. 8)
+
+The *expected* cost is Eq. 7-8 as written (differentiable in alpha, what the budget of Eq. 9
+constrains); the *real* cost replaces alpha by 1[alpha > 0] and counts only the nodes the skipping
+inference executes, i.e. what an image really costs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+import torch
+import torch.nn.functional as F
+
 from dr.config import ModelConfig, check_input_size
 from dr.gate import gate_input_size
-from dr.space import NUM_SCALES, STRIDES, Node, Path, RoutingSpace
+from dr.routes import reachable_nodes
+from dr.space import NUM_SCALES, STRIDES, Node, Path, RoutingSpace, channels
+
+#: the most paths a node has (keep, up, down): cost tables pad every node to this many
+MAX_PATHS = 3
 
 #: Every input is zero-padded to a multiple of this before the forward pass.
 SIZE_DIVISOR = 32
@@ -46,10 +61,10 @@ class OpCost:
         """Paper convention: multiply-add = 1, plus the element operations."""
         return self.macs + self.elementwise
 
-    def __add__(self, other: "OpCost") -> "OpCost":
+    def __add__(self, other: OpCost) -> OpCost:
         return OpCost(self.macs + other.macs, self.elementwise + other.elementwise)
 
-    def __mul__(self, k: float) -> "OpCost":
+    def __mul__(self, k: float) -> OpCost:
         return OpCost(self.macs * k, self.elementwise * k)
 
     __rmul__ = __mul__
@@ -119,11 +134,17 @@ def stem(stem_c: int, out_c: int, height: int, width: int) -> OpCost:
     h2, w2 = height // 2, width // 2
     h4, w4 = height // 4, width // 4
     return (
-        conv(3, stem_c, 3, h2, w2) + batchnorm(stem_c, h2, w2) + relu(stem_c, h2, w2)
-        + conv(stem_c, stem_c, 3, h2, w2, groups=stem_c) + conv(stem_c, stem_c, 1, h2, w2)
-        + batchnorm(stem_c, h2, w2) + relu(stem_c, h2, w2)
-        + conv(stem_c, stem_c, 3, h4, w4, groups=stem_c) + conv(stem_c, out_c, 1, h4, w4)
-        + batchnorm(out_c, h4, w4) + relu(out_c, h4, w4)
+        conv(3, stem_c, 3, h2, w2)
+        + batchnorm(stem_c, h2, w2)
+        + relu(stem_c, h2, w2)
+        + conv(stem_c, stem_c, 3, h2, w2, groups=stem_c)
+        + conv(stem_c, stem_c, 1, h2, w2)
+        + batchnorm(stem_c, h2, w2)
+        + relu(stem_c, h2, w2)
+        + conv(stem_c, stem_c, 3, h4, w4, groups=stem_c)
+        + conv(stem_c, out_c, 1, h4, w4)
+        + batchnorm(out_c, h4, w4)
+        + relu(out_c, h4, w4)
     )
 
 
@@ -131,7 +152,7 @@ def decoder(width: int, num_classes: int, height: int, width_px: int) -> OpCost:
     """Naive decoder: conv1x1 + BN + ReLU per scale (C_s -> C_s/2, C at 1/4), conv3x3 -> classes."""
     total = ZERO
     for s in range(NUM_SCALES):
-        c = width * 2**s
+        c = channels(width, s)
         h, w = height // STRIDES[s], width_px // STRIDES[s]
         out = c if s == 0 else c // 2
         total = total + conv(c, out, 1, h, w) + batchnorm(out, h, w) + relu(out, h, w)
@@ -152,12 +173,13 @@ class CostModel:
         self.config = config
         self.height, self.width = padded_size(height, width)
         self.space = RoutingSpace(config.depth)
+        self._tables: dict = {}
 
     def node_size(self, node: Node) -> tuple[int, int]:
         return self.height // node.stride, self.width // node.stride
 
     def channels(self, node: Node) -> int:
-        return self.config.width * 2**node.scale
+        return channels(self.config.width, node.scale)
 
     @cached_property
     def cell_cost(self) -> dict[Node, OpCost]:
@@ -174,9 +196,7 @@ class CostModel:
 
     @cached_property
     def path_cost(self) -> dict[Path, OpCost]:
-        return {
-            p: transform(p.direction, self.channels(p.source), *self.node_size(p.source)) for p in self.space.paths
-        }
+        return {p: transform(p.direction, self.channels(p.source), *self.node_size(p.source)) for p in self.space.paths}
 
     @cached_property
     def stem_cost(self) -> OpCost:
@@ -206,8 +226,6 @@ class CostModel:
         ``gated`` (default: the config's) says whether each executed node also runs its gate.
         A static route in the paper's Table 1 is a network without gates: pass ``gated=False``.
         """
-        from dr.routes import reachable_nodes  # local import: routes builds on the space only
-
         gated = self.config.gated if gated is None else gated
         paths = set(paths)
         nodes = reachable_nodes(self.space, paths)
@@ -219,6 +237,43 @@ class CostModel:
             if out:  # a node with no open path is bypassed (Eq. 5): no cell
                 total = total + self.cell_cost[node] + _sum(self.path_cost[p] for p in out)
         return total
+
+    def node_tables(self, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FLOPs per node in ``space.nodes`` order: cell (N,), gate (N,), paths (N, 3) padded with 0."""
+        key = (str(device), dtype)
+        if key not in self._tables:
+            nodes = self.space.nodes
+            paths = [[self.path_cost[p].flops for p in self.space.paths_out(n)] for n in nodes]
+            self._tables[key] = (
+                torch.tensor([self.cell_cost[n].flops for n in nodes], dtype=dtype, device=device),
+                torch.tensor([self.gate_cost[n].flops for n in nodes], dtype=dtype, device=device),
+                torch.tensor([p + [0.0] * (MAX_PATHS - len(p)) for p in paths], dtype=dtype, device=device),
+            )
+        return self._tables[key]
+
+
+def stacked_gates(space: RoutingSpace, gates: Mapping[Node, torch.Tensor]) -> torch.Tensor:
+    """alpha of every node, each padded to 3 paths: (B, N, 3) in ``space.nodes`` order."""
+    return torch.stack([F.pad(gates[n], (0, MAX_PATHS - gates[n].shape[1])) for n in space.nodes], dim=1)
+
+
+def expected_cost(costs: CostModel, gates: Mapping[Node, torch.Tensor]) -> torch.Tensor:
+    """Eq. 7-8 per image, (B,) FLOPs of the routing space, differentiable in alpha."""
+    alpha = stacked_gates(costs.space, gates)  # (B, N, 3)
+    cell, gate, path = costs.node_tables(alpha.device, alpha.dtype)
+    return alpha.amax(dim=2) @ cell + gate.sum() + (alpha * path).sum(dim=(1, 2))
+
+
+@torch.no_grad()
+def real_cost(
+    costs: CostModel, gates: Mapping[Node, torch.Tensor], active: Mapping[Node, torch.Tensor]
+) -> torch.Tensor:
+    """(B,) FLOPs of the routing space that skipping inference executes: per node that runs for
+    the image (``active``), its gate, its cell if any path is open, and each open path."""
+    opened = (stacked_gates(costs.space, gates) > 0).float()  # 1[alpha > 0]: (B, N, 3)
+    ran = torch.stack([active[n] for n in costs.space.nodes], dim=1).float()  # (B, N)
+    cell, gate, path = costs.node_tables(opened.device, torch.float32)
+    return (ran * (gate + opened.amax(dim=2) * cell + (opened * path).sum(dim=2))).sum(dim=1)
 
 
 def _sum(costs) -> OpCost:

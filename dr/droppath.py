@@ -9,6 +9,7 @@ for routing layer l (deeper layers drop more) and ``step_rate`` = iteration / to
 (dropping grows during training). Kept outputs are divided by ``keep`` so the expectation is
 unchanged. Unlike the authors' code it uses the tensor's own device, so it runs on CPU and GPU.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,12 +1,14 @@
-"""The soft conditional gate (paper Sec. 3.2.2, Eq. 2-3, Table 3).
+"""The soft conditional gate (paper Sec. 3.2.2, Eq. 2-3, Table 3), written plainly.
 
     G = F(w2, GAP(ReLU(BN(F(w1, X))))) + beta          (Eq. 2)
     alpha = delta(G),  delta = max(0, tanh(.))          (Eq. 3)
 
 ``F(w1, .)`` is a 1x1 convolution C -> C/2, ``F(w2, .)`` a 1x1 convolution C/2 -> P (one output
-per path of the node, in the order keep, up, down) with bias beta, initialised to 1.5 so every
-path starts open (tanh(1.5) = 0.905). alpha has one value per image and path: shape (B, P).
+per path of the node, in the order keep, up, down) with bias beta, initialised to 1.5 so that
+paths start open (tanh(1.5) = 0.905). alpha has one value per image and path: shape (B, P).
 max(0, tanh) is exactly zero for G <= 0, which is what lets inference skip a path (Eq. 5-6).
+
+Under a budget the paper down-samples the gate's input X by 4 per side ("small gate", Sec. 3.4).
 
 Table 3 compares other activations: ``sigmoid`` (never exactly 0, so nothing is skipped) and
 ``softmax`` over the node's paths. ``fix`` is no gate at all (every alpha is 1, Network-Fix) and
@@ -17,14 +19,19 @@ slides): *binary* gates. In training, alpha = 1[sigmoid((G + l) / tau) > 0.5] wi
 l = log u - log(1 - u) (the difference of two Gumbel variables), and the gradient of the soft
 value sigmoid((G + l) / tau) passes straight through the threshold; tau anneals from
 :data:`GUMBEL_TAU_START` to :data:`GUMBEL_TAU_END` over training. At inference alpha = 1[G > 0].
+
+This module is the version to read against the paper. :mod:`dr.gate_fast` computes the same
+function with the same parameters faster; the model uses that one, and a test keeps them equal.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GATED_ACTIVATIONS = ("tanh", "sigmoid", "softmax", "gumbel")
+from dr.config import GATE_INITS, check_activation
+
 #: temperature schedule of the binary Gumbel gate: tau = start * (end / start) ** step_rate
 GUMBEL_TAU_START = 1.0
 GUMBEL_TAU_END = 0.1
@@ -46,18 +53,20 @@ def gumbel_gate(logits: torch.Tensor, temperature: float, training: bool) -> tor
     return hard + (soft - soft.detach())  # value: exactly hard (0 or 1); gradient: the soft sample's
 
 
-def gate_activation(logits: torch.Tensor, activation: str, *, training: bool = False,
-                    temperature: float = 1.0) -> torch.Tensor:
+def gate_activation(
+    logits: torch.Tensor, activation: str, *, training: bool = False, temperature: float = 1.0
+) -> torch.Tensor:
     """delta(G) for gate logits G of shape (B, P)."""
-    if activation == "gumbel":
-        return gumbel_gate(logits, temperature, training)
     if activation == "tanh":
         return F.relu(torch.tanh(logits))  # max(0, tanh(G)), Eq. 3
     if activation == "sigmoid":
         return torch.sigmoid(logits)
     if activation == "softmax":
         return torch.softmax(logits, dim=1)  # paths of a node compete
-    raise ValueError(f"unknown gate activation {activation!r}; choose one of {', '.join(GATED_ACTIVATIONS)}")
+    if activation == "gumbel":
+        return gumbel_gate(logits, temperature, training)
+    check_activation(activation, gated=True)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def gate_input_size(height: int, width: int, small: bool) -> tuple[int, int]:
@@ -67,48 +76,14 @@ def gate_input_size(height: int, width: int, small: bool) -> tuple[int, int]:
     return max(1, height // 4), max(1, width // 4)
 
 
-def downsample_by_4(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear down-sampling by 4 per side (the small gate's input), computed cheaply.
-
-    With ``align_corners=False`` and an exact factor of 4, output pixel i samples input position
-    4i + 1.5: the mean of the central 2x2 pixels of each 4x4 block. That is an average pool of
-    kernel 2 and stride 4 started at offset 1, far cheaper to run and to differentiate than the
-    general interpolation, which is used only when a side is not a multiple of 4.
-    """
-    height, width = x.shape[-2:]
-    if height % 4 == 0 and width % 4 == 0:
-        return F.avg_pool2d(x[..., 1:, 1:], kernel_size=2, stride=4)
-    size = gate_input_size(height, width, True)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-class VectorConv1x1(nn.Conv2d):
-    """A 1x1 convolution applied to a (B, C, 1, 1) tensor, computed as a matrix product.
-
-    Same parameters (and state-dict shapes) as ``nn.Conv2d(C_in, C_out, 1)``; on a pooled vector
-    a plain ``linear`` avoids the convolution kernel's fixed cost, which dominates at this size.
-    Returns (B, C_out).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
-
-
-class MatmulConv1x1(nn.Conv2d):
-    """A bias-free 1x1 convolution computed as a batched matrix product over the pixels.
-
-    Same parameters as ``nn.Conv2d(C_in, C_out, 1, bias=False)``; on the gate's small inputs the
-    matrix product has a lower fixed cost than the convolution kernel. (B, C_in, H, W) -> (B, C_out, H, W).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        y = torch.matmul(self.weight.view(self.out_channels, channels), x.reshape(batch, channels, height * width))
-        return y.view(batch, self.out_channels, height, width)
-
-
 class SoftConditionalGate(nn.Module):
-    """alpha = delta(G(X)) with G from Eq. 2; returns (B, num_paths)."""
+    """alpha = delta(G(X)) with G from Eq. 2; maps X (B, C, H, W) to alpha (B, num_paths).
+
+    - ``channels``: C of the node; ``num_paths``: P, its outgoing paths (keep, up, down order);
+    - ``activation``: delta, see :data:`dr.config.ACTIVATIONS` (every one but ``fix``);
+    - ``small``: down-sample X bilinearly by 4 per side first (the paper does so under a budget);
+    - ``bias``: beta's initial value (1.5); ``init``: ``he`` or ``small`` (see :meth:`reset_parameters`).
+    """
 
     def __init__(
         self,
@@ -118,36 +93,40 @@ class SoftConditionalGate(nn.Module):
         activation: str = "tanh",
         small: bool = False,
         bias: float = 1.5,
+        init: str = "he",
     ):
         super().__init__()
-        if activation not in GATED_ACTIVATIONS:
-            raise ValueError(
-                f"unknown gate activation {activation!r}; choose one of {', '.join(GATED_ACTIVATIONS)}"
-            )
+        check_activation(activation, gated=True)
         hidden = max(1, channels // 2)
         self.activation = activation
         self.small = small
-        self.temperature = GUMBEL_TAU_START  # used by the binary "gumbel" gate only; set by the model
-        self.reduce = MatmulConv1x1(channels, hidden, 1, bias=False)  # F(w1, .)
+        self.temperature = GUMBEL_TAU_START  # used by the binary "gumbel" gate only; set by training
+        self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)  # F(w1, .)
         self.norm = nn.BatchNorm2d(hidden)  # N
-        self.logit = VectorConv1x1(hidden, num_paths, 1, bias=True)  # F(w2, .) + beta, on the pooled vector
-        self.reset_parameters(bias)
+        self.logit = nn.Conv2d(hidden, num_paths, 1, bias=True)  # F(w2, .) + beta
+        self.reset_parameters(bias, init)
 
-    def reset_parameters(self, bias: float = 1.5) -> None:
-        """Kaiming normal for F(w1); a small F(w2) and beta = ``bias`` so that G is close to beta
-        for every image and every path starts open (tanh(1.5) = 0.905), as Sec. 3.4 intends.
-        (Kaiming-scaled w2 would already close some paths of a fresh network.)"""
+    def reset_parameters(self, bias: float = 1.5, init: str = "he") -> None:
+        """He-normal (fan_in) F(w1); beta = ``bias``; F(w2) He-normal (``init="he"``, the paper's
+        "normal distribution [He et al.]" and the authors' code) or N(0, 0.01) (``init="small"``: G
+        starts close to beta for every image, so every path starts open whatever the image)."""
+        if init not in GATE_INITS:
+            raise ValueError(f"unknown gate init {init!r}; choose one of {', '.join(GATE_INITS)}")
         nn.init.kaiming_normal_(self.reduce.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.normal_(self.logit.weight, std=0.01)
+        if init == "he":
+            nn.init.kaiming_normal_(self.logit.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            nn.init.normal_(self.logit.weight, std=0.01)
         nn.init.constant_(self.logit.bias, bias)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """G of Eq. 2, shape (B, P)."""
-        if self.small:
-            x = downsample_by_4(x)
-        g = F.relu(self.norm(self.reduce(x)))  # (B, C/2, h, w)
-        g = g.mean(dim=(2, 3), keepdim=True)  # GAP -> (B, C/2, 1, 1)
-        return self.logit(g)  # (B, P)
+        if self.small:  # X down-sampled by 4 per side (Sec. 3.4)
+            x = F.interpolate(x, size=gate_input_size(*x.shape[-2:], True), mode="bilinear", align_corners=False)
+        g = F.relu(self.norm(self.reduce(x)))  # sigma(N(F(w1, X))): (B, C/2, h, w)
+        g = g.mean(dim=(2, 3), keepdim=True)  # GAP: (B, C/2, 1, 1)
+        return self.logit(g).flatten(1)  # F(w2, .) + beta: (B, P)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """alpha = delta(G): (B, P)."""
         return gate_activation(self.logits(x), self.activation, training=self.training, temperature=self.temperature)

@@ -11,11 +11,14 @@ The named routes are *modelled on* the classic networks, as the paper does; the 
 not reproduced exactly (see each builder's docstring for the choices). Stage boundaries scale
 with the depth L, so every route exists for the tiny preset as well as for Layer16 / Layer33.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+
+import torch
 
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace
 
@@ -42,12 +45,21 @@ class Route:
         return [[p.layer, p.scale, p.direction] for p in sorted(self.paths)]
 
     @classmethod
-    def from_list(cls, name: str, items: Iterable[Sequence], space: RoutingSpace | None = None) -> "Route":
+    def from_list(cls, name: str, items: Iterable[Sequence], space: RoutingSpace | None = None) -> Route:
         paths = frozenset(Path(int(l), int(s), str(d)) for l, s, d in items)
         route = cls(name, paths)
         if space is not None:
             check_route(space, route)
         return route
+
+    def to_record(self) -> dict:
+        """JSON-friendly: ``{"name": ..., "paths": [[layer, scale, direction], ...]}`` (saved in checkpoints)."""
+        return {"name": self.name, "paths": self.to_list()}
+
+    @classmethod
+    def from_record(cls, record: dict | None, space: RoutingSpace | None = None) -> Route | None:
+        """The route :meth:`to_record` wrote (``None`` stays ``None``: no static route)."""
+        return None if record is None else cls.from_list(record["name"], record["paths"], space)
 
 
 def check_route(space: RoutingSpace, route: Route) -> None:
@@ -55,7 +67,24 @@ def check_route(space: RoutingSpace, route: Route) -> None:
     valid = set(space.paths)
     bad = sorted(p for p in route.paths if p not in valid)
     if bad:
-        raise RouteError(f"route {route.name!r} has paths outside a space of depth {space.depth}: {[str(p) for p in bad[:5]]}")
+        raise RouteError(
+            f"route {route.name!r} has paths outside a space of depth {space.depth}: {[str(p) for p in bad[:5]]}"
+        )
+
+
+def route_masks(space: RoutingSpace, route, batch: int, device=None) -> dict[Node, torch.Tensor] | None:
+    """Per node, a (B, P) 0/1 mask of the paths that ``route`` leaves open (``None``: no route).
+
+    ``route`` is one :class:`Route` for the whole batch or a sequence of one route per image."""
+    if route is None:
+        return None
+    routes = list(route) if isinstance(route, (list, tuple)) else [route] * batch
+    if len(routes) != batch:
+        raise ValueError(f"got {len(routes)} per-image routes for a batch of {batch}")
+    return {
+        node: torch.tensor([[float(p in r.paths) for p in space.paths_out(node)] for r in routes], device=device)
+        for node in space.nodes
+    }
 
 
 def reachable_nodes(space: RoutingSpace, paths) -> set[Node]:

@@ -12,6 +12,7 @@ The order ``keep, up, down`` is the order of the gate's outputs, as in the autho
 
 This module is plain Python (no tensors) so routes can be drawn, counted and compared cheaply.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ STRIDES = (4, 8, 16, 32)
 DIRECTIONS = ("keep", "up", "down")
 #: Scale-index change of each direction (up = finer = smaller index).
 SCALE_STEP = {"keep": 0, "up": -1, "down": +1}
+
+
+def channels(width: int, scale: int) -> int:
+    """Channels at scale index ``scale`` of a network of width C: C * 2^scale (C, 2C, 4C, 8C)."""
+    return width * 2**scale
 
 
 @dataclass(frozen=True, order=True)
@@ -126,10 +132,6 @@ class RoutingSpace:
         if path.layer == self.depth:
             return None
         return Node(path.layer + 1, path.target_scale)
-
-    def channels(self, scale: int, width: int) -> int:
-        """Channels at a scale index: C * 2^scale."""
-        return width * 2**scale
 
     def __repr__(self) -> str:
         return f"RoutingSpace(depth={self.depth}, nodes={len(self.nodes)}, paths={len(self.paths)})"

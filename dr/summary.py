@@ -1,4 +1,5 @@
 """Architecture summary: parameters and paper-convention GFLOPs of a preset (``python -m dr info``)."""
+
 from __future__ import annotations
 
 from dr.config import ModelConfig

@@ -1,6 +1,8 @@
 """Shared fixtures: small seeded networks whose gates close different paths for different images."""
+
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,9 @@ import torch
 
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet
+
+# the test-tree generators live with the data scripts (data_scripts/fixture_trees.py), outside the package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data_scripts"))
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -53,11 +58,15 @@ def diversify_gates(model: DynamicRoutingNet, images: torch.Tensor, seed: int = 
         gate.logit.weight.data.copy_(torch.randn(gate.logit.weight.shape, generator=g) * 3.0)
         gate.logit.bias.data.zero_()
         captured = {}
-        handle = gate.logit.register_forward_hook(lambda m, i, o: captured.setdefault("g", o.detach().flatten(1)))
+
+        def capture(module, args, captured=captured):
+            captured.setdefault("x", args[0].detach())
+
+        handle = gate.register_forward_pre_hook(capture)
         with torch.no_grad():
             model(images, mode="masked")
+            logits = gate.logits(captured["x"])  # G of Eq. 2 for every image, (B, P)
         handle.remove()
-        logits = captured["g"]
         ordered = logits.sort(dim=0).values
         k = logits.shape[0] // 2
         bias = -(ordered[k - 1] + ordered[k]) / 2  # threshold half-way between the middle images
@@ -86,7 +95,7 @@ def assert_same_output(actual: torch.Tensor, expected: torch.Tensor, rel: float 
 def trees(tmp_path_factory) -> dict[str, Path]:
     """Tiny Cityscapes and VOC trees in the real formats (seed 0), generated once per session;
     tests that damage a tree copy it first."""
-    from dr.fixtures import make_cityscapes, make_voc
+    from fixture_trees import make_cityscapes, make_voc
 
     root = tmp_path_factory.mktemp("data")
     make_cityscapes(root / "cityscapes", seed=0)

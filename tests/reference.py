@@ -3,6 +3,7 @@
 They use the model's weights but none of its vectorised routing code: one image at a time, one
 node at a time, Python control flow for every decision of Eq. 5-6.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,9 @@ from dr.space import Node, Path
 
 def batchnorm_eval(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     shape = (1, -1, 1, 1)
-    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(
+        shape
+    ) + bn.bias.view(shape)
 
 
 def gate_reference(gate, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """The budget loss (Eq. 9-10), its presets (Table 4) and the authors' schedule."""
+
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,14 +29,15 @@ def test_schedule_off_for_40_percent_then_ramps_over_2_percent(iteration, expect
 
 def test_loss_value_is_eq_9_on_the_batch_mean():
     expected_cost = torch.tensor([30.0, 50.0])  # mean 40 of a total 100 -> 0.4
+    output = SimpleNamespace(expected_cost=expected_cost)  # what a budget reads of a RoutingOutput
     assert budget_loss(expected_cost, 100.0, 0.1).item() == pytest.approx((0.4 - 0.1) ** 2)
     loss = BudgetLoss.from_preset("A", 100.0, total_iterations=1000)
-    assert loss(expected_cost, iteration=100).item() == 0.0
-    assert loss(expected_cost, iteration=410).item() == pytest.approx(0.8 * 0.5 * 0.09)
-    assert loss(expected_cost, iteration=800).item() == pytest.approx(0.8 * 0.09)
+    assert loss(output, iteration=100).item() == 0.0
+    assert loss(output, iteration=410).item() == pytest.approx(0.8 * 0.5 * 0.09)
+    assert loss(output, iteration=800).item() == pytest.approx(0.8 * 0.09)
     unscheduled = BudgetLoss.from_preset("C", 100.0, scheduled=False)
-    assert unscheduled(expected_cost).item() == pytest.approx(0.5 * (0.4 - 0.2) ** 2)
-    assert BudgetLoss.from_preset("raw", 100.0, scheduled=False)(expected_cost).item() == 0.0
+    assert unscheduled(output).item() == pytest.approx(0.5 * (0.4 - 0.2) ** 2)
+    assert BudgetLoss.from_preset("raw", 100.0, scheduled=False)(output).item() == 0.0
 
 
 def test_gradient_pushes_cost_towards_mu():

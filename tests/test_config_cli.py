@@ -1,4 +1,5 @@
 """Configuration errors, the space's bookkeeping, drop path, and the command line."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,10 @@ def test_space_bookkeeping():
     "make, message",
     [
         (lambda: preset("huge"), "unknown preset 'huge'; choose one of paper-l16, paper-l33, tiny"),
-        (lambda: ModelConfig(activation="relu"), "unknown gate activation 'relu'; choose one of tanh, sigmoid, softmax, gumbel, fix"),
+        (
+            lambda: ModelConfig(activation="relu"),
+            "unknown gate activation 'relu'; choose one of tanh, sigmoid, softmax, gumbel, fix",
+        ),
         (lambda: ModelConfig(depth=0), "depth L must be an integer >= 1, got 0"),
         (lambda: ModelConfig(sepconv_repeats=4), "sepconv_repeats must be one of"),
         (lambda: parse_size("16x64"), "input size 16x64 is too small"),
@@ -76,9 +80,9 @@ def test_drop_path_only_in_training_and_never_on_identity():
         a, b = model(images, mode="masked", step_rate=1.0), model(images, mode="masked", step_rate=1.0)
     assert torch.equal(a.logits, b.logits)  # no randomness at inference
     model.train()
-    assert model._drop_prob(Node(2, 0), step_rate=1.0) == pytest.approx(0.99)
-    assert model._drop_prob(Node(0, 0), step_rate=1.0) == 0.0  # the initial node is never dropped
-    assert model._drop_prob(Node(2, 0), step_rate=0.0) == 0.0
+    assert model.drop_probability(Node(2, 0), step_rate=1.0) == pytest.approx(0.99)
+    assert model.drop_probability(Node(0, 0), step_rate=1.0) == 0.0  # the initial node is never dropped
+    assert model.drop_probability(Node(2, 0), step_rate=0.0) == 0.0
 
 
 def run_cli(*args):
@@ -113,7 +117,9 @@ def test_cli_bad_input_gives_a_message_not_a_traceback(args, message):
 
 
 def test_cli_bench_tiny_reports_ratios():
-    result = run_cli("bench", "--preset", "tiny", "--size", "64x64", "--route", "fcn32s", "--batch", "2", "--repeats", "1", "--json")
+    result = run_cli(
+        "bench", "--preset", "tiny", "--size", "64x64", "--route", "fcn32s", "--batch", "2", "--repeats", "1", "--json"
+    )
     assert result.returncode == 0, result.stderr
     bench = json.loads(result.stdout)
     assert 0 < bench["cost_ratio"] < 1

@@ -1,11 +1,12 @@
 """The cost model against PyTorch's flop counter and against the paper's figures."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import small_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import small_config
 from dr.config import preset
 from dr.cost import CostModel, padded_size
 from dr.model import DynamicRoutingNet

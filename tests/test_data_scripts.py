@@ -3,6 +3,7 @@
 Most runs call the scripts' main() in-process (fast); two run them as ``python data_scripts/...``
 to check they work from a checkout.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_trees import SBD_SPLITS, VOC_SPLITS, VOC_TRAIN_AUG, make_cityscapes, make_voc, voc_label
 from PIL import Image
-
-from dr.fixtures import SBD_SPLITS, VOC_SPLITS, VOC_TRAIN_AUG, make_cityscapes, make_voc, voc_label
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "data_scripts"
 
@@ -27,11 +27,10 @@ def load_script(name: str):
     return module
 
 
-
-
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / f"{name}.py"), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_make_fixtures_cli(tmp_path):
@@ -110,10 +109,14 @@ def test_prepare_voc_names_missing_parts(trees, tmp_path, capsys):
 
 def test_train_aug_list_rule():
     script = load_script("prepare_voc")
-    names = script.train_aug_names(sbd_train=["a", "b"], sbd_val=["c", "v1"], voc_train=["a", "t"], voc_val=["v1", "v2"])
+    names = script.train_aug_names(
+        sbd_train=["a", "b"], sbd_val=["c", "v1"], voc_train=["a", "t"], voc_val=["v1", "v2"]
+    )
     assert names == ["a", "b", "c", "t"]
-    assert script.train_aug_names(SBD_SPLITS["train"], SBD_SPLITS["val"], VOC_SPLITS["train"],
-                                  VOC_SPLITS["val"]) == VOC_TRAIN_AUG
+    assert (
+        script.train_aug_names(SBD_SPLITS["train"], SBD_SPLITS["val"], VOC_SPLITS["train"], VOC_SPLITS["val"])
+        == VOC_TRAIN_AUG
+    )
 
 
 def make_fake_sbd(root: Path, seed: int) -> Path:
@@ -152,7 +155,7 @@ def test_convert_sbd_without_scipy(trees, tmp_path, capsys):
 
 def test_convert_sbd_with_scipy(trees, tmp_path):
     pytest.importorskip("scipy")
-    from dr.fixtures import make_sbd
+    from fixture_trees import make_sbd
 
     root = tmp_path / "voc"
     make_voc(root, seed=0, aug=False)

@@ -1,10 +1,11 @@
 """Nothing assumes a GPU: the same forward runs on CUDA when there is one (skipped otherwise)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_same_output, small_config
+
 from dr.droppath import drop_path
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route

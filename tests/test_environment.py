@@ -1,9 +1,11 @@
 """The environment stays consistent: conda file, pyproject ranges and CI pins agree."""
+
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> pip name
@@ -37,7 +39,9 @@ def conda_requirements() -> dict[str, str]:
 
 def test_conda_environment_names_the_same_packages_and_ranges_as_pyproject():
     pip, conda = pyproject_requirements(), conda_requirements()
-    assert set(conda) == set(pip), f"only in environment.yml: {set(conda) - set(pip)}; only in pyproject: {set(pip) - set(conda)}"
+    assert set(conda) == set(pip), (
+        f"only in environment.yml: {set(conda) - set(pip)}; only in pyproject: {set(pip) - set(conda)}"
+    )
     assert {k: conda[k] for k in pip} == pip
 
 

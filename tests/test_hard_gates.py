@@ -1,18 +1,21 @@
 """Binary Gumbel gates and the KL sparsity budget (pixel-wise attentional gating), checked by numbers."""
+
 from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import small_config
+
 from dr.budget import SparsityBudgetLoss, kl_sparsity, open_share_by_layer
 from dr.gate import SoftConditionalGate, gumbel_gate, gumbel_temperature
 from dr.model import DynamicRoutingNet
 from dr.space import Node
-from dr.train import TrainConfig, train
+from dr.training.config import TrainConfig
+from dr.training.train import set_gate_temperature, train
 
 
 def test_gumbel_gate_opens_with_probability_sigmoid_of_its_logit():
@@ -52,12 +55,15 @@ def test_kl_sparsity_is_the_formula_and_vanishes_at_rho():
 
 
 def test_open_share_by_layer_and_the_budget_gradient():
-    gates = {Node(0, 0): torch.full((2, 2), 0.9, requires_grad=True), Node(1, 0): torch.tensor([[1.0, 0.0, 1.0]] * 2),
-             Node(1, 1): torch.zeros(2, 3)}
+    gates = {
+        Node(0, 0): torch.full((2, 2), 0.9, requires_grad=True),
+        Node(1, 0): torch.tensor([[1.0, 0.0, 1.0]] * 2),
+        Node(1, 1): torch.zeros(2, 3),
+    }
     shares = open_share_by_layer(gates)
     assert float(shares[0].detach()) == pytest.approx((3.6 + 0.5) / 5)
     assert float(shares[1]) == pytest.approx((4 + 0.5) / 13)
-    loss = SparsityBudgetLoss(0.1, 0.3, scheduled=False)(gates)
+    loss = SparsityBudgetLoss(0.1, 0.3, scheduled=False)(SimpleNamespace(gates=gates))
     expected = 0.1 * sum(kl_sparsity(0.3, s) for s in shares.values())
     assert float(loss.detach()) == pytest.approx(float(expected.detach()))
     loss.backward()
@@ -71,6 +77,7 @@ def test_model_with_binary_gates_trains_with_hard_alphas_and_skips_at_inference(
     model = DynamicRoutingNet(small_config(activation="gumbel"))
     images = torch.randn(3, 3, 64, 64)
     model.train()
+    set_gate_temperature(model, 0.5)  # what training_step does at step_rate 0.5
     out = model(images, step_rate=0.5)
     assert all(set(a.detach().unique().tolist()) <= {0.0, 1.0} for a in out.gates.values())
     assert all(model.node(n).gate.temperature == pytest.approx(math.sqrt(0.1)) for n in model.space.nodes)
@@ -87,8 +94,19 @@ def test_model_with_binary_gates_trains_with_hard_alphas_and_skips_at_inference(
 
 
 def test_training_with_binary_gates_and_the_kl_budget(tmp_path):
-    cfg = TrainConfig(preset="tiny", activation="gumbel", budget="kl", kl_weight=0.1, kl_target=0.3, iters=6, batch=2,
-                      val_size=3, train_size=12, checkpoint_every=6, log_every=1)
+    cfg = TrainConfig(
+        preset="tiny",
+        activation="gumbel",
+        budget="kl",
+        kl_weight=0.1,
+        kl_target=0.3,
+        iters=6,
+        batch=2,
+        val_size=3,
+        train_size=12,
+        checkpoint_every=6,
+        log_every=1,
+    )
     metrics = train(cfg, tmp_path, progress=False)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert all(r["budget_loss"] == 0.0 for r in log[:2]) and log[-1]["budget_loss"] > 0  # off for 40%, then on

@@ -1,16 +1,18 @@
 """Every vectorised piece of the model against the naive per-image reference (tests/reference.py)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_same_output, diversify_gates, randomize_batchnorm, small_config
-from dr.bench import calibrate_batchnorm
+from reference import forward_reference, gate_reference
+
+from dr.bench.latency import calibrate_batchnorm
 from dr.gate import SoftConditionalGate
+from dr.gate_fast import FastSoftConditionalGate
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
 from dr.space import Node
-from reference import forward_reference, gate_reference
 
 
 def make_model(images, seed=0, keep_open=True, **overrides) -> DynamicRoutingNet:
@@ -37,6 +39,46 @@ def test_gate_matches_naive_reference(activation, small):
     torch.testing.assert_close(batched, naive, rtol=1e-5, atol=1e-6)
     if activation == "tanh":
         assert (batched == 0).any() and (batched > 0).any(), "max(0, tanh) should close some paths here"
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softmax"])
+@pytest.mark.parametrize("small", [False, True])
+@pytest.mark.parametrize("size", [(12, 20), (13, 22)])  # sides that are / are not multiples of 4
+def test_fast_gate_equals_the_plain_gate_in_value_and_gradient(activation, small, size):
+    """dr.gate_fast computes dr.gate's function with the same parameters, only faster."""
+    torch.manual_seed(1)
+    plain = SoftConditionalGate(16, 3, activation=activation, small=small)
+    randomize_batchnorm(plain)
+    plain.logit.weight.data.normal_(0, 2.0)
+    fast = FastSoftConditionalGate(16, 3, activation=activation, small=small)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 16, *size)
+    for mode in ("train", "eval"):
+        getattr(plain, mode)(), getattr(fast, mode)()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a, b = plain(xa), fast(xb)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        weights = torch.randn_like(a)
+        (a * weights).sum().backward()
+        (b * weights).sum().backward()
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-6)
+        for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+            p.grad, q.grad = None, None
+
+
+def test_a_network_with_plain_gates_computes_the_same_as_with_fast_ones(images):
+    torch.manual_seed(0)
+    fast = make_model(images, seed=2)
+    plain = DynamicRoutingNet(fast.config, fast_gate=False)
+    plain.load_state_dict(fast.state_dict())
+    plain.eval()
+    assert not any(isinstance(m, FastSoftConditionalGate) for m in plain.modules())
+    with torch.no_grad():
+        for mode in ("skip", "masked"):
+            a, b = plain(images, mode=mode), fast(images, mode=mode)
+            assert_same_output(b.logits, a.logits)
+            assert all(torch.equal(a.gates[n] > 0, b.gates[n] > 0) for n in a.gates)
 
 
 def test_fresh_gates_open_every_path():
@@ -102,7 +144,9 @@ def test_starved_nodes_are_skipped_per_image(seed, images):
         assert skip.real_cost[i].item() == pytest.approx(ref_skip[4], rel=1e-6)
         assert masked.expected_cost[i].item() == pytest.approx(ref_skip[3], rel=1e-5)
         differs = (ref_masked[0] - ref_skip[0]).abs().max().item()
-        assert differs > 1e-3 or not any(k not in ref_skip[2] for k in ref_masked[2]), "the reference sees the difference"
+        assert differs > 1e-3 or not any(k not in ref_skip[2] for k in ref_masked[2]), (
+            "the reference sees the difference"
+        )
 
 
 def test_batched_per_image_routes_equal_one_by_one(images):
@@ -140,8 +184,12 @@ def test_eq4_bypass_passes_input_on_keep_side():
 
     hooks = [
         model.node(node).gate.register_forward_hook(close_first_image),
-        model.node(coarser).transforms["up"].register_forward_hook(lambda m, i, o: seen.setdefault("up", o.detach().clone())),
-        model.node(nxt).gate.register_forward_pre_hook(lambda m, args: seen.setdefault("x20", args[0].detach().clone())),
+        model.node(coarser)
+        .transforms["up"]
+        .register_forward_hook(lambda m, i, o: seen.setdefault("up", o.detach().clone())),
+        model.node(nxt).gate.register_forward_pre_hook(
+            lambda m, args: seen.setdefault("x20", args[0].detach().clone())
+        ),
     ]
     out = model(torch.randn(2, 3, 64, 64), mode="soft")
     for h in hooks:
@@ -171,7 +219,7 @@ def test_gradients_reach_every_gate_parameter():
     grads_seg = torch.autograd.grad(seg, [p for n, p in model.named_parameters() if ".gate." in n], retain_graph=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads_seg)
     budget = BudgetLoss.from_preset("A", model.cost_model(64, 64).routing_space_total.flops, scheduled=False)
-    loss_c = budget(out.expected_cost)
+    loss_c = budget(out)
     gate_params = [(n, p) for n, p in model.named_parameters() if ".gate." in n]
     grads_budget = torch.autograd.grad(loss_c, [p for _, p in gate_params], allow_unused=True)
     for (name, _), g in zip(gate_params, grads_budget):

@@ -4,6 +4,7 @@ Executing every notebook at its defaults is nbval's job (``pytest --nbval-lax no
 README's test command); here papermill drives ``04_training`` with smoke parameters on the
 embedded data and on the Cityscapes- and VOC-format fixtures, and the test reads the metrics it wrote.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = ["01_routing_space", "02_soft_conditional_gate", "03_budget_constraint", "04_training",
-            "05_route_explorer", "06_reproduction"]
+EXPECTED = [
+    "01_routing_space",
+    "02_soft_conditional_gate",
+    "03_budget_constraint",
+    "04_training",
+    "05_route_explorer",
+    "06_reproduction",
+]
 
 
 def test_the_course_notebooks_exist():
@@ -31,7 +38,7 @@ def test_notebook_is_stripped_parametrised_and_checks_its_claims(path):
     assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs: strip them"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters', has {len(tagged)}"
-    assert "fast_run = os.environ.get(\"CI\"" in tagged[0].source
+    assert 'fast_run = os.environ.get("CI"' in tagged[0].source
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# ") and "What you will learn" in first.source
     assert "Sec." in first.source, "the title cell names the paper's section"
@@ -56,9 +63,14 @@ def papermill():
 
 def _run_training_notebook(papermill, tmp_path, **parameters) -> dict:
     out = tmp_path / "run"
-    papermill.execute_notebook(str(ROOT / "notebooks" / "04_training.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters={"out_dir": str(out), **parameters}, cwd=str(ROOT / "notebooks"),
-                               progress_bar=False, kernel_name="python3")
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "04_training.ipynb"),
+        str(tmp_path / "out.ipynb"),
+        parameters={"out_dir": str(out), **parameters},
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+        kernel_name="python3",
+    )
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -70,8 +82,16 @@ def test_training_notebook_on_the_embedded_data(papermill, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cityscapes", "voc"])
 def test_training_notebook_on_real_format_fixtures(papermill, tmp_path, trees, dataset):
-    metrics = _run_training_notebook(papermill, tmp_path, dataset=dataset, data_root=str(trees[dataset]), iters=3,
-                                     batch=2, crop=[64, 64], fast_run=False)
+    metrics = _run_training_notebook(
+        papermill,
+        tmp_path,
+        data=dataset,
+        data_root=str(trees[dataset]),
+        iters=3,
+        batch=2,
+        crop=[64, 64],
+        fast_run=False,
+    )
     assert metrics["iters"] == 3 and metrics["data"] == dataset
     assert len(metrics["iou"]) == (19 if dataset == "cityscapes" else 21)
     assert metrics["gflops_min"] <= metrics["gflops_avg"] <= metrics["gflops_max"]

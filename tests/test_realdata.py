@@ -1,9 +1,11 @@
-"""Cityscapes / VOC loaders (dr.realdata) on tiny trees in the real on-disk formats (dr.fixtures).
+"""Cityscapes / VOC loaders (dr.data.realdata) on tiny trees in the real on-disk formats
+(written by data_scripts/fixture_trees.py).
 
 Checks the sample interface, the Cityscapes id -> trainId mapping against cityscapesscripts' table,
 VOC palette indices, the training augmentation, every DataError case, and that dr's mIoU equals
 cityscapesscripts' pixel-level evaluation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixture_trees import CITYSCAPES_SIZE, VOC_SPLITS, VOC_TRAIN_AUG
 from PIL import Image
 from torchvision import tv_tensors
 
 from dr.data import MEAN, STD, DataError, build_dataset, dataset_info
-from dr.fixtures import CITYSCAPES_SIZE, VOC_SPLITS, VOC_TRAIN_AUG
-from dr.metrics import ConfusionMatrix
-from dr.realdata import CITYSCAPES_INFO, VOC_INFO, cityscapes_dataset, train_transform, voc_dataset
-
-
+from dr.data.realdata import CITYSCAPES_INFO, VOC_INFO, cityscapes_dataset, train_transform, voc_dataset
+from dr.training.metrics import ConfusionMatrix
 
 
 def reference_trainids(label_ids: np.ndarray) -> np.ndarray:
@@ -239,12 +239,15 @@ def test_missing_label_file_is_named(trees, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-@pytest.mark.parametrize("name, relative", [
-    ("cityscapes", "leftImg8bit/val/frankfurt/frankfurt_000000_000019_leftImg8bit.png"),
-    ("cityscapes", "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelIds.png"),
-    ("voc", "VOCdevkit/VOC2012/JPEGImages/2007_000033.jpg"),
-    ("voc", "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png"),
-])
+@pytest.mark.parametrize(
+    "name, relative",
+    [
+        ("cityscapes", "leftImg8bit/val/frankfurt/frankfurt_000000_000019_leftImg8bit.png"),
+        ("cityscapes", "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelIds.png"),
+        ("voc", "VOCdevkit/VOC2012/JPEGImages/2007_000033.jpg"),
+        ("voc", "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png"),
+    ],
+)
 def test_undecodable_file_is_named(trees, tmp_path, name, relative, damage):
     root = copy_tree(trees, name, tmp_path)
     path = root / relative
@@ -258,10 +261,13 @@ def test_undecodable_file_is_named(trees, tmp_path, name, relative, damage):
     assert dataset[1]["label"].ndim == 2  # the other files still load
 
 
-@pytest.mark.parametrize("name, relative, value", [
-    ("cityscapes", "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelIds.png", 200),
-    ("voc", "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png", 50),
-])
+@pytest.mark.parametrize(
+    "name, relative, value",
+    [
+        ("cityscapes", "gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelIds.png", 200),
+        ("voc", "VOCdevkit/VOC2012/SegmentationClass/2007_000033.png", 50),
+    ],
+)
 def test_label_value_out_of_range_is_named(trees, tmp_path, name, relative, value):
     root = copy_tree(trees, name, tmp_path)
     path = root / relative

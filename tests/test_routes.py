@@ -1,15 +1,25 @@
 """Named static routes (Fig. 3): they build, run, skip what they close, and cost the sum of their paths."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_same_output
-from dr.bench import calibrate_batchnorm
+
+from dr.bench.latency import calibrate_batchnorm
 from dr.config import preset
 from dr.cost import CostModel
 from dr.model import DynamicRoutingNet
-from dr.routes import CLASSIC_ROUTES, ROUTES, Route, RouteError, common_route, named_route, reachable_nodes, thread_paths
+from dr.routes import (
+    CLASSIC_ROUTES,
+    ROUTES,
+    Route,
+    RouteError,
+    common_route,
+    named_route,
+    reachable_nodes,
+    thread_paths,
+)
 from dr.space import Path, RoutingSpace
 
 

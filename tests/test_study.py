@@ -1,5 +1,6 @@
 """The reproduction study: its statistics and verdict rules on known numbers, the shipped
 checkpoints against their reported metrics, and the committed results against the README."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from dr.checkpoint import load_checkpoint
 from dr.data import build_dataset
-from dr.evaluate import evaluate
-from dr.study import (SHIPPED, TABLES, VARIANTS, _compare, _stats, permutation_p, planned_runs, readme_tables,
-                      verdict_table, verdicts)
-from dr.train import model_from_checkpoint
+from dr.study.grid import SHIPPED, TABLES, VARIANTS, planned_runs
+from dr.study.report import readme_tables, verdict_table
+from dr.study.statistics import compare as _compare
+from dr.study.statistics import permutation_p
+from dr.study.statistics import summary as _stats
+from dr.study.verdicts import verdicts
+from dr.training.checkpoint import load_checkpoint, model_from_checkpoint
+from dr.training.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "reproduction.json"
@@ -23,15 +27,20 @@ RESULTS = ROOT / "results" / "reproduction.json"
 def test_stats_and_comparison_rule():
     s = _stats([0.20, 0.22, 0.24])
     assert s["mean"] == pytest.approx(0.22) and s["std"] == pytest.approx(0.02) and s["n"] == 3
-    rows = {"a": {"miou": _stats([0.30, 0.31, 0.32])}, "b": {"miou": _stats([0.20, 0.21, 0.22])},
-            "c": {"miou": _stats([0.295, 0.32, 0.335])}}
+    rows = {
+        "a": {"miou": _stats([0.30, 0.31, 0.32])},
+        "b": {"miou": _stats([0.20, 0.21, 0.22])},
+        "c": {"miou": _stats([0.295, 0.32, 0.335])},
+    }
     outcome, diff, se = _compare(rows, "a", "b")
     assert outcome == "greater" and diff == pytest.approx(0.10) and se == pytest.approx(np.sqrt(2 * 0.01**2 / 3))
     assert _compare(rows, "c", "a")[0] == "tie"  # 0.0033 apart with spread 0.02: within one standard error
     assert _compare(rows, "b", "a")[0] == "smaller"
     # paired by seed: a shared seed effect cancels, so a small but consistent gain counts
-    paired = {"x": {"miou": _stats([0.20, 0.26, 0.23]), "miou_per_seed": {"0": 0.20, "1": 0.26, "2": 0.23}},
-              "y": {"miou": _stats([0.19, 0.25, 0.22]), "miou_per_seed": {"0": 0.19, "1": 0.25, "2": 0.22}}}
+    paired = {
+        "x": {"miou": _stats([0.20, 0.26, 0.23]), "miou_per_seed": {"0": 0.20, "1": 0.26, "2": 0.23}},
+        "y": {"miou": _stats([0.19, 0.25, 0.22]), "miou_per_seed": {"0": 0.19, "1": 0.25, "2": 0.22}},
+    }
     outcome, diff, se = _compare(paired, "x", "y")
     assert outcome == "greater" and diff == pytest.approx(0.01) and se == pytest.approx(0.0, abs=1e-12)
     del paired["y"]["miou_per_seed"]  # unpaired, the same numbers are a tie
@@ -47,15 +56,23 @@ def test_permutation_test_separates_shifted_samples_only():
 
 
 def _row(miou, gflops, spread=0.0):
-    return {"miou": _stats([miou - spread, miou, miou + spread]),
-            "gflops_avg": _stats([gflops] * 3), "gflops_max": _stats([gflops * 1.05] * 3),
-            "gflops_min": _stats([gflops * 0.95] * 3)}
+    return {
+        "miou": _stats([miou - spread, miou, miou + spread]),
+        "gflops_avg": _stats([gflops] * 3),
+        "gflops_max": _stats([gflops * 1.05] * 3),
+        "gflops_min": _stats([gflops * 0.95] * 3),
+    }
 
 
 def test_verdicts_follow_their_rules():
-    rows = {"Network-Fix": _row(0.24, 0.033, 0.002), "Dynamic-Raw": _row(0.25, 0.037, 0.002),
-            "Dynamic-A": _row(0.22, 0.025, 0.002), "Dynamic-B": _row(0.23, 0.028, 0.002),
-            "Dynamic-C": _row(0.24, 0.030, 0.002), "Softmax": _row(0.26, 0.037, 0.002)}
+    rows = {
+        "Network-Fix": _row(0.24, 0.033, 0.002),
+        "Dynamic-Raw": _row(0.25, 0.037, 0.002),
+        "Dynamic-A": _row(0.22, 0.025, 0.002),
+        "Dynamic-B": _row(0.23, 0.028, 0.002),
+        "Dynamic-C": _row(0.24, 0.030, 0.002),
+        "Softmax": _row(0.26, 0.037, 0.002),
+    }
     found = {v["claim"]: v for v in verdicts(rows, {}, {})}
     assert found["Dynamic-Raw is more accurate than Network-Fix"]["verdict"] == "reproduced"
     assert found["Stronger budgets give cheaper networks: cost A < B < C < Raw"]["verdict"] == "reproduced"

@@ -1,4 +1,5 @@
 """Training and evaluation from the command line: recipe pieces, outputs, resume, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,47 @@ from pathlib import Path
 import pytest
 import torch
 
-from dr.__main__ import main
-from dr.checkpoint import load_checkpoint
+from dr.cli import main
 from dr.config import preset
 from dr.cost import CostModel
-from dr.evaluate import load_routes
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
-from dr.train import TrainConfig, lr_factor, parameter_groups, sample_plan
+from dr.training.checkpoint import load_checkpoint
+from dr.training.config import TrainConfig
+from dr.training.evaluate import load_routes
+from dr.training.train import lr_factor, parameter_groups, sample_plan
 
 #: a run small enough for a unit test: a few iterations on 64x64 crops of the embedded data
-SMALL = ["--iters", "6", "--batch", "2", "--crop", "64", "--train-size", "24", "--val-size", "6",
-         "--eval-batch", "6", "--checkpoint-every", "3", "--log-every", "1", "--quiet"]
-METRIC_KEYS = ("miou", "miou_by_regime", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "iters",
-               "seconds", "images_per_second")
+SMALL = [
+    "--iters",
+    "6",
+    "--batch",
+    "2",
+    "--crop",
+    "64",
+    "--train-size",
+    "24",
+    "--val-size",
+    "6",
+    "--eval-batch",
+    "6",
+    "--checkpoint-every",
+    "3",
+    "--log-every",
+    "1",
+    "--quiet",
+]
+METRIC_KEYS = (
+    "miou",
+    "miou_by_regime",
+    "gflops_avg",
+    "gflops_max",
+    "gflops_min",
+    "gflops_expected_avg",
+    "iters",
+    "seconds",
+    "images_per_second",
+)
 TIMING_KEYS = ("seconds", "images_per_second")
 
 
@@ -66,8 +94,9 @@ def test_parameter_groups_exempt_norms_and_biases_and_scale_gates():
             assert group["lr_scale"] == (10.0 if name.startswith("gate_") else 1.0)
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
     bn_weights = [p for n, p in model.named_parameters() if n.endswith("norm.weight") or ".bn." in n]
-    assert bn_weights and all(any(p is q for q in groups["no_decay"]["params"] + groups["gate_no_decay"]["params"])
-                              for p in bn_weights)
+    assert bn_weights and all(
+        any(p is q for q in groups["no_decay"]["params"] + groups["gate_no_decay"]["params"]) for p in bn_weights
+    )
 
 
 def test_sample_plan_visits_every_image_once_per_epoch_and_is_reproducible():
@@ -120,8 +149,20 @@ def test_eval_prints_the_same_keys_and_the_same_result(trained, capsys, tmp_path
 
 
 def test_eval_test_time_augmentation_runs(trained, capsys, tmp_path):
-    assert run_cli("eval", "--checkpoint", trained / "checkpoint.pt", "--json", "--flip", "--scales", "0.5,1",
-                   "--out", tmp_path) == 0
+    assert (
+        run_cli(
+            "eval",
+            "--checkpoint",
+            trained / "checkpoint.pt",
+            "--json",
+            "--flip",
+            "--scales",
+            "0.5,1",
+            "--out",
+            tmp_path,
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["flip"] is True and printed["scales"] == [0.5, 1.0]
     assert 0.0 <= printed["miou"] <= 1.0
@@ -150,12 +191,33 @@ def test_static_route_and_common_network_from_a_routes_file(trained, tmp_path):
 
 
 def test_resume_after_sigkill_ends_identical_to_an_uninterrupted_run(tmp_path):
-    args = ["--iters", "12", "--batch", "2", "--crop", "64", "--train-size", "30", "--val-size", "6",
-            "--eval-batch", "6", "--checkpoint-every", "4", "--log-every", "1", "--quiet", "--drop-path", "0.2"]
+    args = [
+        "--iters",
+        "12",
+        "--batch",
+        "2",
+        "--crop",
+        "64",
+        "--train-size",
+        "30",
+        "--val-size",
+        "6",
+        "--eval-batch",
+        "6",
+        "--checkpoint-every",
+        "4",
+        "--log-every",
+        "1",
+        "--quiet",
+        "--drop-path",
+        "0.2",
+    ]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     command = [sys.executable, "-m", "dr", "train"]
     subprocess.run(command + ["--out", str(whole)] + args, check=True, capture_output=True)
-    process = subprocess.Popen(command + ["--out", str(killed)] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command + ["--out", str(killed)] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     log = killed / "train_log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it once it is past its first checkpoint (iteration 4)
@@ -173,7 +235,10 @@ def test_resume_after_sigkill_ends_identical_to_an_uninterrupted_run(tmp_path):
     for key in TIMING_KEYS:
         a.pop(key), b.pop(key)
     assert a == b
-    strip = lambda path: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in path.read_text().splitlines()]
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in path.read_text().splitlines()]
+
     assert strip(whole / "train_log.jsonl") == strip(log)
     sa, sb = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
     for name, tensor in sa["model"].items():
@@ -189,12 +254,15 @@ def error_of(capsys, *args, code=2) -> str:
     return err
 
 
-@pytest.mark.parametrize("option, value, words", [
-    ("--preset", "huge", ["unknown preset 'huge'", "tiny"]),
-    ("--budget", "D", ["unknown budget 'D'", "none", "raw"]),
-    ("--route", "vgg", ["unknown route 'vgg'", "fcn32s"]),
-    ("--data", "coco", ["unknown data set 'coco'", "cityscapes"]),
-])
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--preset", "huge", ["unknown preset 'huge'", "tiny"]),
+        ("--budget", "D", ["unknown budget 'D'", "none", "raw"]),
+        ("--route", "vgg", ["unknown route 'vgg'", "fcn32s"]),
+        ("--data", "coco", ["unknown data set 'coco'", "cityscapes"]),
+    ],
+)
 def test_unknown_choices_are_named(capsys, tmp_path, option, value, words):
     err = error_of(capsys, "train", "--out", tmp_path / "x", option, value, *SMALL)
     for word in words:
@@ -203,7 +271,9 @@ def test_unknown_choices_are_named(capsys, tmp_path, option, value, words):
 
 
 def test_missing_data_root_names_layout_and_script(capsys, tmp_path):
-    err = error_of(capsys, "train", "--out", tmp_path / "x", "--data", "cityscapes", "--data-root", tmp_path / "nowhere", *SMALL)
+    err = error_of(
+        capsys, "train", "--out", tmp_path / "x", "--data", "cityscapes", "--data-root", tmp_path / "nowhere", *SMALL
+    )
     assert "nowhere" in err and "leftImg8bit" in err and "prepare_cityscapes.py" in err
     err = error_of(capsys, "train", "--out", tmp_path / "y", "--data", "voc", *SMALL)
     assert "--data-root" in err
@@ -260,9 +330,9 @@ def test_a_checkpoint_that_would_execute_code_is_refused(capsys, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(monkeypatch, capsys, tmp_path):
-    import dr.train
+    import dr.training.train as training
 
-    real = dr.train.segmentation_loss
+    real = training.segmentation_loss
     calls = {"n": 0}
 
     def diverging(logits, label):
@@ -270,19 +340,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(monkeypatch, capsys, 
         loss = real(logits, label)
         return loss * float("nan") if calls["n"] >= 5 else loss
 
-    monkeypatch.setattr(dr.train, "segmentation_loss", diverging)
+    monkeypatch.setattr(training, "segmentation_loss", diverging)
     out = tmp_path / "nan"
     err = error_of(capsys, "train", "--out", out, *SMALL, code=3)
     assert "nan" in err.lower() and "iteration 5" in err and "iteration 3" in err
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 3
     assert not (out / "metrics.json").exists()
-    monkeypatch.setattr(dr.train, "segmentation_loss", real)
+    monkeypatch.setattr(training, "segmentation_loss", real)
     assert run_cli("train", "--out", out, "--resume") == 0  # the kept checkpoint resumes
     assert json.loads((out / "metrics.json").read_text())["iters"] == 6
 
 
 def test_a_budget_with_a_static_route_is_refused(capsys, tmp_path):
-    assert "static route" in error_of(capsys, "train", "--out", tmp_path / "x", "--route", "unet", "--budget", "A", *SMALL)
+    assert "static route" in error_of(
+        capsys, "train", "--out", tmp_path / "x", "--route", "unet", "--budget", "A", *SMALL
+    )
 
 
 def test_config_round_trip():
@@ -291,14 +363,19 @@ def test_config_round_trip():
 
 
 def test_cli_errors_in_a_subprocess_show_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dr", "train", "--out", str(tmp_path / "x"), "--preset", "huge"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dr", "train", "--out", str(tmp_path / "x"), "--preset", "huge"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown preset 'huge'" in result.stderr
 
 
 def test_bench_train_reports_step_times_and_ratios(capsys):
-    assert run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--json") == 0
+    assert (
+        run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--json") == 0
+    )
     result = json.loads(capsys.readouterr().out)
     for name in ("fix", "raw_small_gate", "raw"):
         assert result[f"{name}_ms"] > 0

@@ -1,5 +1,6 @@
 """End to end on the Cityscapes- and VOC-format fixtures: generate, train a few iterations, evaluate;
 and the data errors a user meets, as the command line reports them."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dr.__main__ import main
+from dr.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--iters", "5", "--batch", "2", "--crop", "64", "--checkpoint-every", "5", "--quiet"]
@@ -22,8 +23,12 @@ FAST = ["--iters", "5", "--batch", "2", "--crop", "64", "--checkpoint-every", "5
 def fixtures(tmp_path_factory) -> Path:
     """The trees the fixture generator script writes (run as a user would run it)."""
     out = tmp_path_factory.mktemp("fixtures")
-    result = subprocess.run([sys.executable, str(ROOT / "data_scripts" / "make_fixtures.py"), str(out)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "data_scripts" / "make_fixtures.py"), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "cityscapes" in result.stdout and "voc" in result.stdout
     return out
 
@@ -90,14 +95,28 @@ def test_evaluate_miou_equals_cityscapesscripts_on_a_trained_model(fixtures, tmp
     pixel-level evaluation of the same predictions written as label-id PNGs."""
     from test_realdata import cityscapesscripts_scores
 
-    from dr.checkpoint import load_checkpoint
-    from dr.evaluate import evaluate
-    from dr.realdata import CITYSCAPES_INFO, cityscapes_dataset
-    from dr.train import model_from_checkpoint
+    from dr.data.realdata import CITYSCAPES_INFO, cityscapes_dataset
+    from dr.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from dr.training.evaluate import evaluate
 
     out = tmp_path / "run"
-    assert main(["train", "--out", str(out), "--data", "cityscapes", "--data-root", str(fixtures / "cityscapes"),
-                 "--lr", "0.2", *FAST]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--data",
+                "cityscapes",
+                "--data-root",
+                str(fixtures / "cityscapes"),
+                "--lr",
+                "0.2",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     model, _ = model_from_checkpoint(load_checkpoint(out / "checkpoint.pt"), out / "checkpoint.pt")
     dataset = cityscapes_dataset(str(fixtures / "cityscapes"), "val")
     predictions = {}
@@ -106,8 +125,9 @@ def test_evaluate_miou_equals_cityscapesscripts_on_a_trained_model(fixtures, tmp
         for name, p in zip(names, predicted):
             predictions[name] = p.numpy().astype(np.uint8)
 
-    metrics, _ = evaluate(model, dataset, num_classes=19, class_names=CITYSCAPES_INFO.class_names,
-                          progress=False, predictions_hook=keep)
+    metrics, _ = evaluate(
+        model, dataset, num_classes=19, class_names=CITYSCAPES_INFO.class_names, progress=False, predictions_hook=keep
+    )
     scores, average = cityscapesscripts_scores(predictions, [p[1] for p in dataset.pairs], tmp_path / "cs")
     assert len(predictions) == metrics["num_images"]
     assert metrics["miou"] == pytest.approx(average, abs=1e-6)

@@ -1,4 +1,5 @@
 """Rendering functions, route inspection and the widgets: what they draw and return, checked."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import diversify_gates, randomize_batchnorm, small_config
 from matplotlib.collections import PathCollection
 
-from conftest import diversify_gates, randomize_batchnorm, small_config
-from dr.explore import load_run, node_costs, path_frequency, route_of, scale_shares, scale_usage
+from dr.explore.analysis import node_costs, path_frequency, route_of, scale_shares, scale_usage
+from dr.explore.runs import load_run
+from dr.explore.visualise import CLOSED, OPEN, colourise, draw_route, figure, plot_routes, to_rgb
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route, reachable_nodes
-from dr.space import Node, Path as RoutePath, RoutingSpace
-from dr.visualise import CLOSED, OPEN, colourise, draw_route, figure, plot_routes, to_rgb
+from dr.space import Node, RoutingSpace
+from dr.space import Path as RoutePath
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -104,7 +107,7 @@ def test_scale_shares_of_known_routes():
 @pytest.fixture(scope="module")
 def shipped():
     runs = {name: load_run(CHECKPOINTS / f"tiny-{name}") for name in ("raw", "A")}
-    from dr.synthetic import SyntheticShapes
+    from dr.data.synthetic import SyntheticShapes
 
     return runs, SyntheticShapes("val", seed=0, size=12)
 
@@ -122,7 +125,7 @@ def test_route_of_matches_the_evaluation_routes_file(shipped):
 
 def test_route_explorer_controls_change_the_rendering(shipped):
     pytest.importorskip("ipywidgets")
-    from dr.widgets import RouteExplorer
+    from dr.explore.widgets import RouteExplorer
 
     runs, val = shipped
     explorer = RouteExplorer({"Dynamic-A": runs["A"], "Dynamic-Raw": runs["raw"]}, val)
@@ -143,7 +146,7 @@ def test_route_explorer_controls_change_the_rendering(shipped):
 
 def test_common_network_explorer_threshold_changes_the_network(shipped):
     pytest.importorskip("ipywidgets")
-    from dr.widgets import CommonNetworkExplorer
+    from dr.explore.widgets import CommonNetworkExplorer
 
     runs, _ = shipped
     explorer = CommonNetworkExplorer({"Dynamic-A": runs["A"]}, threshold=0.95)
@@ -156,13 +159,33 @@ def test_common_network_explorer_threshold_changes_the_network(shipped):
 
 
 def test_figures_command_writes_every_committed_figure(tmp_path):
-    from dr.__main__ import main
+    from dr.cli import main
 
-    assert main(["figures", "--out", str(tmp_path), "--checkpoints", str(CHECKPOINTS),
-                 "--results", str(ROOT / "results" / "reproduction.json")]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "--out",
+                str(tmp_path),
+                "--checkpoints",
+                str(CHECKPOINTS),
+                "--results",
+                str(ROOT / "results" / "reproduction.json"),
+            ]
+        )
+        == 0
+    )
     written = sorted(p.name for p in tmp_path.glob("*.png"))
     committed = sorted(p.name for p in (ROOT / "figures").glob("*.png"))
     assert written == committed
-    for name in ("routing_space.png", "classic_routes.png", "gate_activations.png", "budget_curves.png",
-                 "route_per_regime.png", "miou_vs_cost.png", "gate_distribution.png", "scale_usage.png"):
+    for name in (
+        "routing_space.png",
+        "classic_routes.png",
+        "gate_activations.png",
+        "budget_curves.png",
+        "route_per_regime.png",
+        "miou_vs_cost.png",
+        "gate_distribution.png",
+        "scale_usage.png",
+    ):
         assert name in written and (tmp_path / name).stat().st_size > 10_000

@@ -5,13 +5,14 @@ truth and columns the prediction. Pixels labelled ``ignore_index`` (255) are not
 that appears neither in the ground truth nor in the predictions has no IoU (NaN) and is left out
 of the mean, as in cityscapesscripts and the usual VOC evaluation.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-IGNORE_INDEX = 255
+from dr.data.base import IGNORE_INDEX
 
 
 class ConfusionMatrix:
@@ -37,7 +38,7 @@ class ConfusionMatrix:
         index = target * self.num_classes + predicted
         self.matrix += torch.bincount(index, minlength=self.num_classes**2).reshape(self.num_classes, self.num_classes)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         self.matrix += other.matrix
 
     def iou(self) -> list[float]:

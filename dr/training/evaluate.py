@@ -8,6 +8,7 @@ cost is Eq. 7-8's alpha-weighted cost (plus the same stem and decoder) for compa
 Each image's route (its open paths) is saved so that the common network of Sec. 4.3 (paths open
 in more than 95% of the images) can be extracted and trained as a static route.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,37 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dr.checkpoint import atomic_write
-from dr.metrics import IGNORE_INDEX, ConfusionMatrix
+from dr.data.base import IGNORE_INDEX
+from dr.model import RoutingOutput
 from dr.routes import Route, RouteError, common_route
 from dr.space import Path, RoutingSpace
+from dr.training.checkpoint import atomic_write
+from dr.training.metrics import ConfusionMatrix
 
 ROUTES_FORMAT = "dr-routes"
+#: Inference runs a batch in chunks of at most this many input pixels (B x H x W). BatchNorm uses
+#: running statistics then, so chunks change nothing but speed: on CPU, tensors above glibc's
+#: 32 MB mmap ceiling get fresh pages on every allocation, which made one batch of eight 512x1024
+#: images slower than eight single images.
+CHUNK_PIXELS = 2**19
+
+
+def forward_in_chunks(
+    model, images: torch.Tensor, *, route=None, mode: str | None = None, max_pixels: int | None = CHUNK_PIXELS
+) -> RoutingOutput:
+    """``model(images)`` at inference, run on consecutive chunks of the batch and joined into one output.
+
+    ``route``: one route for every image, or one per image (split with the chunks)."""
+    per_chunk = len(images) if not max_pixels else max(1, max_pixels // (images.shape[-2] * images.shape[-1]))
+    if len(images) <= per_chunk:
+        return model(images, route=route, mode=mode)
+    per_image = isinstance(route, (list, tuple))
+    return RoutingOutput.cat(
+        [
+            model(images[i : i + per_chunk], route=route[i : i + per_chunk] if per_image else route, mode=mode)
+            for i in range(0, len(images), per_chunk)
+        ]
+    )
 
 
 def _predict(model, images: torch.Tensor, flip: bool, scales: tuple[float, ...], autocast, route=None):
@@ -33,7 +59,7 @@ def _predict(model, images: torch.Tensor, flip: bool, scales: tuple[float, ...],
     averaged over the test-time augmentations (horizontal flip, rescaled inputs)."""
     height, width = images.shape[-2:]
     with autocast:
-        base = model(images, route=route)
+        base = forward_in_chunks(model, images, route=route)
     if not flip and tuple(scales) == (1.0,):
         return base, base.logits
     probs = torch.zeros_like(base.logits, dtype=torch.float32)
@@ -43,12 +69,12 @@ def _predict(model, images: torch.Tensor, flip: bool, scales: tuple[float, ...],
         else:
             size = (max(32, round(height * scale)), max(32, round(width * scale)))
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        for flipped in ((False, True) if flip else (False,)):
+        for flipped in (False, True) if flip else (False,):
             if scale == 1.0 and not flipped:
                 logits = base.logits
             else:
                 with autocast:
-                    logits = model(x.flip(-1) if flipped else x, route=route).logits
+                    logits = forward_in_chunks(model, x.flip(-1) if flipped else x, route=route).logits
                 logits = logits.flip(-1) if flipped else logits
             if logits.shape[-2:] != (height, width):
                 logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
@@ -57,9 +83,21 @@ def _predict(model, images: torch.Tensor, flip: bool, scales: tuple[float, ...],
 
 
 @torch.no_grad()
-def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: int = 16, device="cpu",
-             flip: bool = False, scales: tuple[float, ...] = (1.0,), progress: bool = True, workers: int = 0,
-             route=None, predictions_hook=None) -> tuple[dict, dict]:
+def evaluate(
+    model,
+    dataset,
+    *,
+    num_classes: int,
+    class_names=None,
+    batch_size: int = 16,
+    device="cpu",
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    progress: bool = True,
+    workers: int = 0,
+    route=None,
+    predictions_hook=None,
+) -> tuple[dict, dict]:
     """Run ``model`` (skipping inference) over ``dataset``; returns ``(metrics, routes)``.
 
     ``metrics``: ``miou``, ``iou`` per class, ``pixel_accuracy``, ``miou_by_regime``,
@@ -98,15 +136,17 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
                 by_regime.setdefault(regime, ConfusionMatrix(num_classes)).update(predicted[i], label[i])
                 is_object = torch.where(label[i] == IGNORE_INDEX, label[i], (label[i] > 0).long())
                 objects_by_regime.setdefault(regime, ConfusionMatrix(2)).update((predicted[i] > 0).long(), is_object)
-            images.append({
-                "name": batch["name"][i],
-                "regime": regime,
-                "height": int(label.shape[-2]),
-                "width": int(label.shape[-1]),
-                "gflops": float(real[i]) / 1e9,
-                "gflops_expected": float(expected[i]) / 1e9,
-                "open": sorted(path_index[p] for p in out.open_paths(i)),
-            })
+            images.append(
+                {
+                    "name": batch["name"][i],
+                    "regime": regime,
+                    "height": int(label.shape[-2]),
+                    "width": int(label.shape[-1]),
+                    "gflops": float(real[i]) / 1e9,
+                    "gflops_expected": float(expected[i]) / 1e9,
+                    "open": sorted(path_index[p] for p in out.open_paths(i)),
+                }
+            )
     if not images:
         raise ValueError("the evaluation split is empty; nothing to evaluate")
     names = class_names or [str(c) for c in range(num_classes)]
@@ -127,8 +167,12 @@ def evaluate(model, dataset, *, num_classes: int, class_names=None, batch_size: 
         "flip": flip,
         "scales": list(scales),
     }
-    routes = {"format": ROUTES_FORMAT, "depth": space.depth, "paths": [[p.layer, p.scale, p.direction] for p in space.paths],
-              "images": images}
+    routes = {
+        "format": ROUTES_FORMAT,
+        "depth": space.depth,
+        "paths": [[p.layer, p.scale, p.direction] for p in space.paths],
+        "images": images,
+    }
     return metrics, routes
 
 
@@ -153,8 +197,10 @@ def load_routes(path) -> tuple[RoutingSpace, list[dict], list[frozenset[Path]]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise RouteError(f"cannot read routes file {path} ({type(error).__name__}); pass the routes.json "
-                         "that 'python -m dr train' or 'python -m dr eval' wrote") from None
+        raise RouteError(
+            f"cannot read routes file {path} ({type(error).__name__}); pass the routes.json "
+            "that 'python -m dr train' or 'python -m dr eval' wrote"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != ROUTES_FORMAT:
         raise RouteError(f"{path} is not a dr routes file; pass the routes.json written by 'python -m dr eval'")
     space = RoutingSpace(int(data["depth"]))
@@ -169,4 +215,3 @@ def common_route_from_file(path, threshold: float = 0.95, name: str | None = Non
     """The common network (Sec. 4.3) of the per-image routes saved in ``path``."""
     space, _, per_image = load_routes(path)
     return common_route(per_image, threshold, name or f"common({FilePath(path).name})")
-

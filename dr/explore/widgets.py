@@ -9,6 +9,7 @@ drawn last. Slow work re-renders only when a control is released (``continuous_u
   prediction and the route that image took (Fig. 1), with its real and expected cost.
 - :class:`CommonNetworkExplorer`: choose a model and a threshold; see its common network (Fig. 4).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -17,8 +18,9 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from dr.cost import CostModel
-from dr.explore import ImageRoute, Run, route_of
-from dr.visualise import draw_route, figure, plot_image_route, route_legend
+from dr.explore.analysis import ImageRoute, route_of
+from dr.explore.runs import Run
+from dr.explore.visualise import draw_route, figure, plot_image_route, route_legend
 
 
 def _show(output: widgets.Output, fig: Figure) -> None:
@@ -60,8 +62,9 @@ class RouteExplorer:
     def _update_indices(self) -> None:
         regime = self.regime.value
         regime_of = getattr(self.dataset, "regime", None)
-        self.indices = [i for i in range(len(self.dataset))
-                        if regime == "all" or regime_of is None or regime_of(i) == regime]
+        self.indices = [
+            i for i in range(len(self.dataset)) if regime == "all" or regime_of is None or regime_of(i) == regime
+        ]
         if not self.indices:
             raise ValueError(f"no image of regime {regime!r} in the data set")
         self.image.max = len(self.indices) - 1
@@ -78,18 +81,27 @@ class RouteExplorer:
         run = self.runs[self.model.value]
         sample = self.dataset[self.indices[min(self.image.value, len(self.indices) - 1)]]
         self.last = route_of(run.model, sample, route=run.route)
-        self.figure = plot_image_route(self.last.image, self.last.label, self.last.prediction, run.space,
-                                       self.last.weights, self.last.running,
-                                       title=f"{self.model.value}: {self.last.name} ({self.last.regime} objects)",
-                                       cost_text=self.last.cost_text())
-        self.info.value = (f"<b>{len(self.last.open_paths)}</b> of {len(run.space.paths)} paths open, "
-                           f"<b>{len(self.last.running)}</b> of {len(run.space.nodes)} cells computed; "
-                           f"{self.last.cost_text()}")
+        self.figure = plot_image_route(
+            self.last.image,
+            self.last.label,
+            self.last.prediction,
+            run.space,
+            self.last.weights,
+            self.last.running,
+            title=f"{self.model.value}: {self.last.name} ({self.last.regime} objects)",
+            cost_text=self.last.cost_text(),
+        )
+        self.info.value = (
+            f"<b>{len(self.last.open_paths)}</b> of {len(run.space.paths)} paths open, "
+            f"<b>{len(self.last.running)}</b> of {len(run.space.nodes)} cells computed; "
+            f"{self.last.cost_text()}"
+        )
         _show(self.output, self.figure)
         return self.figure
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
+
         display(self.widget)
 
 
@@ -102,13 +114,20 @@ def common_network_figure(run: Run, threshold: float) -> tuple[Figure, dict]:
     common = run.common(threshold)
     height, width = run.records[0]["height"], run.records[0]["width"]
     costs = CostModel(run.model.config.replace(activation="fix"), height, width)
-    numbers = {"paths": len(common.paths), "gflops": costs.route_cost(common.paths, gated=False).flops / 1e9,
-               "gflops_dynamic_avg": run.metrics.get("gflops_avg")}
+    numbers = {
+        "paths": len(common.paths),
+        "gflops": costs.route_cost(common.paths, gated=False).flops / 1e9,
+        "gflops_dynamic_avg": run.metrics.get("gflops_avg"),
+    }
     fig = figure(8.0, 3.2)
     ax = fig.add_subplot()
-    draw_route(ax, run.space, {p: share[p] if p in common.paths else 0.0 for p in run.space.paths},
-               title=f"common network of {run.name}: paths open in > {threshold:.0%} of images "
-                     f"({numbers['paths']} paths, {numbers['gflops']:.4f} GFLOPs)")
+    draw_route(
+        ax,
+        run.space,
+        {p: share[p] if p in common.paths else 0.0 for p in run.space.paths},
+        title=f"common network of {run.name}: paths open in > {threshold:.0%} of images "
+        f"({numbers['paths']} paths, {numbers['gflops']:.4f} GFLOPs)",
+    )
     route_legend(ax)
     return fig, numbers
 
@@ -121,8 +140,9 @@ class CommonNetworkExplorer:
         if not self.runs:
             raise ValueError("CommonNetworkExplorer needs runs with per-image routes (routes.json)")
         self.model = widgets.Dropdown(options=list(self.runs), description="model")
-        self.threshold = widgets.FloatSlider(value=threshold, min=0.05, max=0.99, step=0.01, description="threshold",
-                                             continuous_update=False)
+        self.threshold = widgets.FloatSlider(
+            value=threshold, min=0.05, max=0.99, step=0.01, description="threshold", continuous_update=False
+        )
         self.output = widgets.Output()
         self.figure: Figure | None = None
         self.numbers: dict = {}
@@ -138,4 +158,5 @@ class CommonNetworkExplorer:
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
+
         display(self.widget)

@@ -16,6 +16,7 @@ They exercise the real loaders of dr.realdata (paper Sec. 4.1 data sets) without
 Labels are shapes of classes over a background, and image colours follow the classes (plus noise),
 so a model can learn something. Everything is deterministic in ``seed``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,23 @@ from PIL import Image, ImageDraw
 CITYSCAPES_CITIES = {"train": {"aachen": 2, "bochum": 2}, "val": {"frankfurt": 2}}
 CITYSCAPES_SIZE = (64, 128)  # (H, W); the real images are 1024 x 2048
 # Extra classes sprinkled over the scenes (with ignored ones such as parking, guard rail, caravan).
-_EXTRA_CLASSES = ("wall", "fence", "terrain", "traffic light", "rider", "truck", "bus", "train",
-                  "motorcycle", "bicycle", "parking", "guard rail", "caravan", "static", "dynamic")
+_EXTRA_CLASSES = (
+    "wall",
+    "fence",
+    "terrain",
+    "traffic light",
+    "rider",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+    "parking",
+    "guard rail",
+    "caravan",
+    "static",
+    "dynamic",
+)
 
 
 def _rect(x0: float, y0: float, x1: float, y1: float) -> list[list[int]]:
@@ -49,13 +65,29 @@ def _cityscapes_scene(rng: np.random.Generator, height: int, width: int) -> list
         top = int(rng.integers(2, horizon))
         objects.append(("building", _rect(x, top, min(x + w, width - 1), horizon + 4)))
         x += w + int(rng.integers(0, 6))
-    objects.append(("vegetation", [[int(rng.integers(0, width // 2)), horizon + 4],
-                                   [int(rng.integers(width // 2, width)), horizon + 4],
-                                   [int(rng.integers(width // 3, 2 * width // 3)), int(rng.integers(4, horizon))]]))
+    objects.append(
+        (
+            "vegetation",
+            [
+                [int(rng.integers(0, width // 2)), horizon + 4],
+                [int(rng.integers(width // 2, width)), horizon + 4],
+                [int(rng.integers(width // 3, 2 * width // 3)), int(rng.integers(4, horizon))],
+            ],
+        )
+    )
     vanish = int(rng.integers(width // 3, 2 * width // 3))
     objects.append(("sidewalk", [[0, horizon + 4], [width - 1, horizon + 4], [width - 1, height - 1], [0, height - 1]]))
-    objects.append(("road", [[vanish - 6, horizon + 4], [vanish + 6, horizon + 4],
-                             [width - 1 - width // 8, height - 1], [width // 8, height - 1]]))
+    objects.append(
+        (
+            "road",
+            [
+                [vanish - 6, horizon + 4],
+                [vanish + 6, horizon + 4],
+                [width - 1 - width // 8, height - 1],
+                [width // 8, height - 1],
+            ],
+        )
+    )
     for name in rng.choice(_EXTRA_CLASSES, size=3, replace=False):
         x0, y0 = int(rng.integers(0, width - 16)), int(rng.integers(horizon - 8, height - 16))
         objects.append((str(name), _rect(x0, y0, x0 + int(rng.integers(6, 16)), y0 + int(rng.integers(5, 14)))))
@@ -68,8 +100,18 @@ def _cityscapes_scene(rng: np.random.Generator, height: int, width: int) -> list
     pole_x = int(rng.integers(4, width - 8))
     objects.append(("pole", _rect(pole_x, int(rng.integers(2, horizon)), pole_x + 1, horizon + 12)))
     objects.append(("traffic sign", _rect(pole_x - 3, 4, pole_x + 4, 10)))
-    objects.append(("ego vehicle", [[0, height - 1], [width - 1, height - 1], [width - 1, height - 5],
-                                    [width // 2, height - 8], [0, height - 5]]))
+    objects.append(
+        (
+            "ego vehicle",
+            [
+                [0, height - 1],
+                [width - 1, height - 1],
+                [width - 1, height - 5],
+                [width // 2, height - 8],
+                [0, height - 5],
+            ],
+        )
+    )
     return objects
 
 
@@ -97,8 +139,12 @@ def _render_cityscapes(objects, height: int, width: int, rng: np.random.Generato
     # The photo: the label colour, darkened for void, with a vertical shading and noise.
     shade = np.linspace(0.8, 1.1, height)[:, None, None]
     photo = colors * shade + rng.normal(0, 12, size=colors.shape) + 20
-    return (label_ids, np.array(instance_img).astype(np.uint16), np.array(color_img, dtype=np.uint8),
-            np.clip(photo, 0, 255).astype(np.uint8))
+    return (
+        label_ids,
+        np.array(instance_img).astype(np.uint16),
+        np.array(color_img, dtype=np.uint8),
+        np.clip(photo, 0, 255).astype(np.uint8),
+    )
 
 
 def make_cityscapes(root: str | Path, seed: int = 0) -> list[Path]:
@@ -130,9 +176,18 @@ def make_cityscapes(root: str | Path, seed: int = 0) -> list[Path]:
                 polygons = {
                     "imgHeight": height,
                     "imgWidth": width,
-                    "objects": [{"date": "", "deleted": 0, "id": i, "label": name, "polygon": polygon,
-                                 "user": "dr.fixtures", "verified": 0}
-                                for i, (name, polygon) in enumerate(objects)],
+                    "objects": [
+                        {
+                            "date": "",
+                            "deleted": 0,
+                            "id": i,
+                            "label": name,
+                            "polygon": polygon,
+                            "user": "fixture_trees",
+                            "verified": 0,
+                        }
+                        for i, (name, polygon) in enumerate(objects)
+                    ],
                 }
                 json_path = gt_dir / f"{stem}_gtFine_polygons.json"
                 json_path.write_text(json.dumps(polygons, indent=1))

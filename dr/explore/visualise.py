@@ -13,6 +13,7 @@ matplotlib ``Figure`` (fixed sizes and palette, no global state, no ``plt.show``
 The module never imports pyplot at import time; figures are built with ``matplotlib.figure.Figure``
 so they work in scripts, tests and notebooks alike (Jupyter displays a returned Figure).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -22,8 +23,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from dr.data import MEAN, STD
-from dr.metrics import IGNORE_INDEX
+from dr.data.base import IGNORE_INDEX, MEAN, STD
 from dr.routes import reachable_nodes
 from dr.space import NUM_SCALES, STRIDES, Node, Path, RoutingSpace
 
@@ -34,12 +34,32 @@ RUNNING = "#202020"
 SKIPPED = "#d9d9d9"
 SERIES = ("#1f5fa8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#30343f", "#e07a5f")
 #: class colours (index 0 is the background); IGNORE_INDEX is drawn black
-CLASS_COLOURS = np.array([
-    [90, 90, 90], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
-    [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195], [128, 128, 0],
-    [255, 215, 180], [0, 0, 128], [128, 128, 128],
-], dtype=np.uint8)
+CLASS_COLOURS = np.array(
+    [
+        [90, 90, 90],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [220, 190, 255],
+        [170, 110, 40],
+        [255, 250, 200],
+        [128, 0, 0],
+        [170, 255, 195],
+        [128, 128, 0],
+        [255, 215, 180],
+        [0, 0, 128],
+        [128, 128, 128],
+    ],
+    dtype=np.uint8,
+)
 
 
 def figure(width: float, height: float) -> Figure:
@@ -91,9 +111,16 @@ def _ends(space: RoutingSpace, path: Path) -> tuple[tuple[float, float], tuple[f
     return (path.layer, path.scale), (path.layer + 1, path.target_scale)
 
 
-def draw_route(ax, space: RoutingSpace, weights: Mapping[Path, float] | None = None, *,
-               running: set[Node] | None = None, title: str | None = None, show_closed: bool = True,
-               label_axes: bool = True) -> None:
+def draw_route(
+    ax,
+    space: RoutingSpace,
+    weights: Mapping[Path, float] | None = None,
+    *,
+    running: set[Node] | None = None,
+    title: str | None = None,
+    show_closed: bool = True,
+    label_axes: bool = True,
+) -> None:
     """Draw the routing space on ``ax`` with each path's weight (its alpha, or 1 / 0 for a route).
 
     Open paths (weight > 0) are blue, their width and opacity growing with the weight; closed
@@ -108,8 +135,15 @@ def draw_route(ax, space: RoutingSpace, weights: Mapping[Path, float] | None = N
         (x0, y0), (x1, y1) = _ends(space, path)
         w = float(weights.get(path, 0.0))
         if w > 0 and path.source in running:
-            ax.plot([x0, x1], [y0, y1], color=OPEN, lw=0.6 + 2.6 * min(w, 1.0), alpha=0.35 + 0.65 * min(w, 1.0),
-                    solid_capstyle="round", zorder=2)
+            ax.plot(
+                [x0, x1],
+                [y0, y1],
+                color=OPEN,
+                lw=0.6 + 2.6 * min(w, 1.0),
+                alpha=0.35 + 0.65 * min(w, 1.0),
+                solid_capstyle="round",
+                zorder=2,
+            )
         elif show_closed:
             ax.plot([x0, x1], [y0, y1], color=CLOSED, lw=0.6, ls=(0, (2, 2)), zorder=1)
     xs_run = [n.layer for n in space.nodes if n in running]
@@ -138,10 +172,12 @@ def draw_route(ax, space: RoutingSpace, weights: Mapping[Path, float] | None = N
 
 def route_legend(ax) -> None:
     """The key of :func:`draw_route`'s marks."""
-    handles = [Line2D([], [], color=OPEN, lw=2.5, label="open path (width ~ alpha)"),
-               Line2D([], [], color=CLOSED, lw=0.8, ls=(0, (2, 2)), label="closed path"),
-               Line2D([], [], color=RUNNING, marker="o", ls="", label="cell computed"),
-               Line2D([], [], color=SKIPPED, marker="x", ls="", mew=1.5, label="cell skipped")]
+    handles = [
+        Line2D([], [], color=OPEN, lw=2.5, label="open path (width ~ alpha)"),
+        Line2D([], [], color=CLOSED, lw=0.8, ls=(0, (2, 2)), label="closed path"),
+        Line2D([], [], color=RUNNING, marker="o", ls="", label="cell computed"),
+        Line2D([], [], color=SKIPPED, marker="x", ls="", mew=1.5, label="cell skipped"),
+    ]
     ax.legend(handles=handles, loc="lower left", fontsize=7, frameon=False, ncol=2)
 
 
@@ -149,13 +185,17 @@ def plot_routing_space(space: RoutingSpace, *, title: str | None = None) -> Figu
     """Fig. 2: the whole routing space, every node and every candidate path."""
     fig = figure(max(6.0, 0.42 * space.depth + 2.5), 3.0)
     ax = fig.add_subplot()
-    draw_route(ax, space, title=title or f"routing space, L = {space.depth}: {len(space.nodes)} nodes, "
-                                         f"{len(space.paths)} paths")
+    draw_route(
+        ax,
+        space,
+        title=title or f"routing space, L = {space.depth}: {len(space.nodes)} nodes, {len(space.paths)} paths",
+    )
     return fig
 
 
-def plot_routes(space: RoutingSpace, routes: Mapping[str, object], *, subtitles: Mapping[str, str] | None = None,
-                columns: int = 3) -> Figure:
+def plot_routes(
+    space: RoutingSpace, routes: Mapping[str, object], *, subtitles: Mapping[str, str] | None = None, columns: int = 3
+) -> Figure:
     """Fig. 3 / Fig. 4: several routes side by side; ``routes`` maps a title to paths or weights."""
     names = list(routes)
     rows = -(-len(names) // columns)
@@ -166,7 +206,7 @@ def plot_routes(space: RoutingSpace, routes: Mapping[str, object], *, subtitles:
         weights = dict(value) if isinstance(value, Mapping) else {p: 1.0 for p in getattr(value, "paths", value)}
         title = name if not subtitles or name not in subtitles else f"{name}\n{subtitles[name]}"
         draw_route(ax, space, weights, title=title, label_axes=ax in axes[:, 0])
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     return fig
 
@@ -229,8 +269,12 @@ def plot_budget_loss(budgets: Mapping[str, tuple[float, float]]) -> Figure:
     for (name, (weight, target)), colour in zip(budgets.items(), SERIES):
         ax.plot(x, weight * (x - target) ** 2, color=colour, lw=2, label=f"{name}: lambda2={weight}, mu={target}")
         ax.axvline(target, color=colour, lw=0.8, ls=":")
-    finish(ax, "expected cost fraction C(Space) / C", "budget loss lambda2 * L_C",
-           "Eq. 9: the budget loss pulls the expected cost to mu")
+    finish(
+        ax,
+        "expected cost fraction C(Space) / C",
+        "budget loss lambda2 * L_C",
+        "Eq. 9: the budget loss pulls the expected cost to mu",
+    )
     return fig
 
 
@@ -241,8 +285,12 @@ def plot_budget_schedule(total_iterations: int, *, off_fraction: float = 0.4, ra
     it = np.arange(total_iterations + 1)
     fig = figure(5.0, 2.4)
     ax = fig.add_subplot()
-    ax.plot(it, [budget_schedule(i, total_iterations, off_fraction=off_fraction, ramp_fraction=ramp_fraction) for i in it],
-            color=SERIES[0], lw=2)
+    ax.plot(
+        it,
+        [budget_schedule(i, total_iterations, off_fraction=off_fraction, ramp_fraction=ramp_fraction) for i in it],
+        color=SERIES[0],
+        lw=2,
+    )
     ax.set_xlabel("iteration")
     ax.set_ylabel("factor on lambda2")
     ax.set_title("budget schedule: off, then a short ramp", fontsize=10)
@@ -319,8 +367,17 @@ def plot_gate_distribution(values: Mapping[str, np.ndarray], *, bins: int = 20) 
 # images, routes per regime, trade-off
 
 
-def plot_image_route(image, label, prediction, space: RoutingSpace, weights: Mapping[Path, float],
-                     running: set[Node] | None = None, *, title: str = "", cost_text: str = "") -> Figure:
+def plot_image_route(
+    image,
+    label,
+    prediction,
+    space: RoutingSpace,
+    weights: Mapping[Path, float],
+    running: set[Node] | None = None,
+    *,
+    title: str = "",
+    cost_text: str = "",
+) -> Figure:
     """One image: the image, its ground truth, the prediction and the route it took."""
     fig = figure(12.0, 2.9)
     grid = fig.add_gridspec(1, 5)
@@ -342,8 +399,9 @@ def plot_predictions(rows: Sequence[tuple], *, titles: Sequence[str] | None = No
     fig = figure(6.6, 2.2 * len(rows))
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (image, label, prediction) in enumerate(rows):
-        for ax, array, name in zip(axes[r], (to_rgb(image), colourise(label), colourise(prediction)),
-                                   ("image", "ground truth", "prediction")):
+        for ax, array, name in zip(
+            axes[r], (to_rgb(image), colourise(label), colourise(prediction)), ("image", "ground truth", "prediction")
+        ):
             ax.imshow(array, interpolation="nearest")
             ax.set_axis_off()
             ax.set_title(f"{titles[r]}: {name}" if titles and name == "image" else name, fontsize=8)
@@ -361,8 +419,13 @@ def plot_scale_usage(usage: Mapping[str, Mapping[str, Sequence[float]]], *, titl
         regimes = list(usage[model])
         width = 0.8 / len(regimes)
         for k, (regime, colour) in enumerate(zip(regimes, SERIES)):
-            ax.bar(np.arange(NUM_SCALES) + (k - (len(regimes) - 1) / 2) * width, usage[model][regime], width=width,
-                   color=colour, label=regime)
+            ax.bar(
+                np.arange(NUM_SCALES) + (k - (len(regimes) - 1) / 2) * width,
+                usage[model][regime],
+                width=width,
+                color=colour,
+                label=regime,
+            )
         ax.set_xticks(range(NUM_SCALES))
         ax.set_xticklabels([f"1/{s}" for s in STRIDES])
         ax.set_ylim(0, 1.05)
@@ -388,10 +451,21 @@ def plot_miou_vs_cost(points: Sequence[Mapping]) -> Figure:
             xerr = None
             if p.get("gflops_min") is not None and p.get("gflops_max") is not None:
                 xerr = [[max(0.0, p["gflops"] - p["gflops_min"])], [max(0.0, p["gflops_max"] - p["gflops"])]]
-            ax.errorbar(p["gflops"], 100 * p["miou"], yerr=None if p.get("miou_err") is None else 100 * p["miou_err"],
-                        xerr=xerr, fmt="o", color=colour, ms=6, capsize=2, lw=1,
-                        label=group if p is members[0] and group else None)
-            ax.annotate(p["name"], (p["gflops"], 100 * p["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.errorbar(
+                p["gflops"],
+                100 * p["miou"],
+                yerr=None if p.get("miou_err") is None else 100 * p["miou_err"],
+                xerr=xerr,
+                fmt="o",
+                color=colour,
+                ms=6,
+                capsize=2,
+                lw=1,
+                label=group if p is members[0] and group else None,
+            )
+            ax.annotate(
+                p["name"], (p["gflops"], 100 * p["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=7
+            )
     ax.set_xlabel("real cost per image (GFLOPs)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("accuracy against cost", fontsize=10)
@@ -410,13 +484,21 @@ def plot_gate_histograms(histograms: Mapping[str, Mapping]) -> Figure:
         h = histograms[name]
         edges = np.asarray(h["edges"])
         width = (edges[1] - edges[0]) / (len(names) + 0.5)
-        ax.bar(edges[:-1] + k * width, h["share"], width=width, align="edge", color=colour,
-               label=f"{name} ({100 * h['closed']:.0f}% closed)")
+        ax.bar(
+            edges[:-1] + k * width,
+            h["share"],
+            width=width,
+            align="edge",
+            color=colour,
+            label=f"{name} ({100 * h['closed']:.0f}% closed)",
+        )
     finish(ax, "gate value alpha", "share of gate outputs", "distribution of gate values (Fig. 5)")
     return fig
 
 
-def plot_regime_miou(means: Mapping[str, Mapping[str, float]], stds: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+def plot_regime_miou(
+    means: Mapping[str, Mapping[str, float]], stds: Mapping[str, Mapping[str, float]] | None = None
+) -> Figure:
     """mIoU per image regime for each model (grouped bars, error bars = spread over seeds)."""
     names = list(means)
     regimes = list(next(iter(means.values())))
@@ -427,8 +509,15 @@ def plot_regime_miou(means: Mapping[str, Mapping[str, float]], stds: Mapping[str
     for k, (regime, colour) in enumerate(zip(regimes, SERIES)):
         values = [100 * means[n][regime] for n in names]
         err = [100 * stds[n][regime] for n in names] if stds else None
-        ax.bar(x + (k - (len(regimes) - 1) / 2) * width, values, width=width, color=colour, yerr=err, capsize=2,
-               label=f"{regime} objects")
+        ax.bar(
+            x + (k - (len(regimes) - 1) / 2) * width,
+            values,
+            width=width,
+            color=colour,
+            yerr=err,
+            capsize=2,
+            label=f"{regime} objects",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("mIoU (%)")

@@ -1,4 +1,4 @@
-"""Wall-clock benchmark of real skipping against masked execution (beyond the paper's code).
+"""Inference latency: real skipping against masked execution (beyond the paper's code).
 
 The authors' inference computes a closed path and multiplies it by zero, so routing saves no
 time. :func:`benchmark` times, side by side in one process and interleaved round by round:
@@ -15,6 +15,7 @@ An untrained network in eval mode has meaningless BatchNorm statistics (activati
 depth and saturate the gates), so :func:`calibrate_batchnorm` first runs a few training-mode
 passes on random images, as a trained network would have seen data.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -26,10 +27,13 @@ from torch import nn
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet
 from dr.routes import CLASSIC_ROUTES, named_route
+from dr.training.evaluate import forward_in_chunks
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: DynamicRoutingNet, height: int, width: int, *, passes: int = 2, batch: int = 2, seed: int = 0) -> None:
+def calibrate_batchnorm(
+    model: DynamicRoutingNet, height: int, width: int, *, passes: int = 2, batch: int = 2, seed: int = 0
+) -> None:
     """Set every BatchNorm's running statistics from a few training-mode passes on random images."""
     generator = torch.Generator().manual_seed(seed)
     saved = {}
@@ -47,7 +51,7 @@ def calibrate_batchnorm(model: DynamicRoutingNet, height: int, width: int, *, pa
     model.train(was_training)
 
 
-def _median_ms(samples: list[float]) -> float:
+def median_ms(samples: list[float]) -> float:
     return 1000.0 * statistics.median(samples)
 
 
@@ -70,9 +74,9 @@ def benchmark(
     route = named_route(route_name, model.space)
     images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
     runs = {
-        "all_open": lambda: model(images, mode="skip"),
-        "route": lambda: model(images, route=route, mode="skip"),
-        "masked": lambda: model(images, route=route, mode="masked"),
+        "all_open": lambda: forward_in_chunks(model, images, mode="skip"),
+        "route": lambda: forward_in_chunks(model, images, route=route, mode="skip"),
+        "masked": lambda: forward_in_chunks(model, images, route=route, mode="masked"),
     }
     with torch.inference_mode():
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up and results
@@ -90,7 +94,7 @@ def benchmark(
     costs = model.cost_model(height, width)
     all_open_cost = float(outputs["all_open"].total_real_cost.mean())
     route_cost = float(outputs["route"].total_real_cost.mean())
-    ms = {name: _median_ms(t) for name, t in times.items()}
+    ms = {name: median_ms(t) for name, t in times.items()}
     result = {
         "size": [height, width],
         "route": route_name,
@@ -121,7 +125,7 @@ def per_image_benchmark(model: DynamicRoutingNet, images: torch.Tensor, first_ro
     """
     names = [first_route] + [n for n in (*CLASSIC_ROUTES, "full") if n != first_route]
     routes = [named_route(names[i % len(names)], model.space) for i in range(images.shape[0])]
-    batched = lambda: model(images, route=routes, mode="skip")  # noqa: E731
+    batched = lambda: forward_in_chunks(model, images, route=routes, mode="skip")  # noqa: E731
 
     def single():
         """One forward per image, then the logits stacked into one batch, as the batched call returns them."""
@@ -141,8 +145,8 @@ def per_image_benchmark(model: DynamicRoutingNet, images: torch.Tensor, first_ro
     return {
         "routes": [r.name for r in routes],
         "gflops_per_image": [float(c) / 1e9 for c in costs],
-        "batched_ms": _median_ms(t_batched),
-        "one_by_one_ms": _median_ms(t_single),
+        "batched_ms": median_ms(t_batched),
+        "one_by_one_ms": median_ms(t_single),
         "batched_over_one_by_one": statistics.median(t_batched) / statistics.median(t_single),
         "max_abs_diff_batched_vs_one_by_one": float((out_batched.logits - stacked).abs().max()),
         "real_cost_equal": bool(torch.allclose(out_batched.total_real_cost, costs)),
@@ -150,8 +154,9 @@ def per_image_benchmark(model: DynamicRoutingNet, images: torch.Tensor, first_ro
 
 
 @torch.no_grad()
-def trained_latency(models: dict[str, DynamicRoutingNet], images: list[torch.Tensor], *, baseline: str,
-                    rounds: int = 3) -> dict:
+def trained_latency(
+    models: dict[str, DynamicRoutingNet], images: list[torch.Tensor], *, baseline: str, rounds: int = 3
+) -> dict:
     """Batch-1 latency of trained models, interleaved image by image (each image through every
     model in turn, ``rounds`` times): median ms per image and mean real GFLOPs, each also as a
     ratio to ``baseline``. Every gated model also runs ``masked`` (every path computed and
@@ -173,63 +178,19 @@ def trained_latency(models: dict[str, DynamicRoutingNet], images: list[torch.Ten
                     start = time.perf_counter()
                     out = model(x, mode=mode)
                     times[key].append(time.perf_counter() - start)
-                    cost[key].append(float(out.total_real_cost[0]) / 1e9 if mode == "skip"
-                                     else model.cost_model(*x.shape[-2:]).all_open.flops / 1e9)
-    base_ms, base_gflops = _median_ms(times[baseline]), statistics.fmean(cost[baseline])
+                    cost[key].append(
+                        float(out.total_real_cost[0]) / 1e9
+                        if mode == "skip"
+                        else model.cost_model(*x.shape[-2:]).all_open.flops / 1e9
+                    )
+    base_ms, base_gflops = median_ms(times[baseline]), statistics.fmean(cost[baseline])
     result = {"threads": torch.get_num_threads(), "models": {}}
     for key in calls:
-        ms, gflops = _median_ms(times[key]), statistics.fmean(cost[key])
-        result["models"][key] = {"ms": ms, "gflops": gflops, "latency_ratio": ms / base_ms,
-                                 "cost_ratio": gflops / base_gflops}
-    return result
-
-
-#: training variants compared by :func:`train_step_benchmark`: name -> config overrides
-TRAIN_VARIANTS = {
-    "fix": dict(activation="fix"),  # Network-Fix: no gates
-    "raw_small_gate": dict(small_gate=True),  # Dynamic-Raw with gates on 4x down-sampled features
-    "raw": dict(),  # Dynamic-Raw with full-resolution gates
-}
-
-
-def train_step_benchmark(config: ModelConfig, height: int, width: int, *, batch: int = 8, repeats: int = 10,
-                         warmup: int = 2, seed: int = 0, progress: bool = False) -> dict:
-    """Median wall time of one training step (forward, loss, backward, SGD step) per variant.
-
-    The variants run interleaved, round by round, so that drifts of the machine hit them alike;
-    the ratios to Network-Fix are what to read. The loss includes the expected cost (as the budget
-    loss would) so the gated variants pay for its graph too.
-    """
-    torch.manual_seed(seed)
-    images = torch.randn(batch, 3, height, width)
-    labels = torch.randint(0, config.num_classes, (batch, height, width))
-    runs = {}
-    for name, overrides in TRAIN_VARIANTS.items():
-        model = DynamicRoutingNet(config.replace(**overrides)).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        runs[name] = (model, optimizer)
-
-    def step(model, optimizer) -> float:
-        tic = time.perf_counter()
-        out = model(images)
-        loss = nn.functional.cross_entropy(out.logits, labels) + 1e-12 * out.expected_cost.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - tic
-
-    samples = {name: [] for name in runs}
-    for round_ in range(warmup + repeats):
-        for name, (model, optimizer) in runs.items():
-            t = step(model, optimizer)
-            if round_ >= warmup:
-                samples[name].append(t)
-        if progress:
-            print(f"round {round_ + 1}/{warmup + repeats}", end="\r", flush=True)
-    result = {"height": height, "width": width, "batch": batch, "repeats": repeats, "threads": torch.get_num_threads()}
-    for name in runs:
-        result[f"{name}_ms"] = _median_ms(samples[name])
-    for name in runs:
-        if name != "fix":
-            result[f"{name}_over_fix"] = result[f"{name}_ms"] / result["fix_ms"]
+        ms, gflops = median_ms(times[key]), statistics.fmean(cost[key])
+        result["models"][key] = {
+            "ms": ms,
+            "gflops": gflops,
+            "latency_ratio": ms / base_ms,
+            "cost_ratio": gflops / base_gflops,
+        }
     return result

@@ -16,6 +16,7 @@ Each image belongs to a scale regime, recorded with the sample:
 
 Regimes cycle with the index (``small``, ``large``, ``mixed``, ...), so every split is balanced.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dr.data import MEAN, STD, DataError, DatasetInfo
+from dr.data.base import MEAN, STD, DataError, DatasetInfo
 
 CLASS_NAMES = ("background", "disc", "ring", "bar", "cross", "crescent")
 REGIMES = ("small", "large", "mixed")
@@ -94,14 +95,15 @@ def texture(rng: np.random.Generator, height: int, width: int, *, background: bo
     return np.clip(image, 0.0, 1.0)
 
 
-def shape_mask(kind: int, height: int, width: int, cy: float, cx: float, radius: float, angle: float,
-               top: int = 0, left: int = 0) -> np.ndarray:
+def shape_mask(
+    kind: int, height: int, width: int, cy: float, cx: float, radius: float, angle: float, top: int = 0, left: int = 0
+) -> np.ndarray:
     """Boolean (H, W) mask of object class ``kind`` (1..5) centred at (cy, cx), rotated by ``angle``.
 
     ``radius`` is half the object's diameter; every shape fills a similar share of that disc.
     The mask covers rows ``top..top+H`` and columns ``left..left+W`` of the image.
     """
-    y, x = np.mgrid[top:top + height, left:left + width].astype(np.float32)
+    y, x = np.mgrid[top : top + height, left : left + width].astype(np.float32)
     c, s = math.cos(angle), math.sin(angle)
     u = ((x - cx) * c + (y - cy) * s) / radius  # rotated coordinates, in units of the radius
     v = (-(x - cx) * s + (y - cy) * c) / radius
@@ -119,7 +121,9 @@ def shape_mask(kind: int, height: int, width: int, cy: float, cx: float, radius:
     raise ValueError(f"unknown shape class {kind}")
 
 
-def generate(seed: int, split: str, index: int, size: tuple[int, int] = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray, str]:
+def generate(
+    seed: int, split: str, index: int, size: tuple[int, int] = IMAGE_SIZE
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Image (H, W, 3) float32 in [0, 1], label (H, W) uint8 and regime of image ``index``.
 
     Deterministic: the same ``(seed, split, index)`` always gives the same image.
@@ -168,8 +172,15 @@ class SyntheticShapes(Dataset):
 
     uniform_size = True  # every image is IMAGE_SIZE: evaluation can batch them
 
-    def __init__(self, split: str = "train", *, seed: int = 0, size: int | None = None, train: bool = False,
-                 crop: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        seed: int = 0,
+        size: int | None = None,
+        train: bool = False,
+        crop: tuple[int, int] | None = None,
+    ):
         if split not in SPLIT_STREAMS:
             raise DataError(f"unknown split {split!r} of the synthetic data; choose train or val")
         self.split, self.seed, self.train = split, seed, train
@@ -178,8 +189,10 @@ class SyntheticShapes(Dataset):
             raise DataError(f"the synthetic {split} split is empty (size {self.size}); ask for at least one image")
         self.crop = tuple(crop) if crop else None
         if self.crop and (self.crop[0] > IMAGE_SIZE[0] or self.crop[1] > IMAGE_SIZE[1]):
-            raise DataError(f"crop {self.crop[0]}x{self.crop[1]} is larger than the synthetic images "
-                            f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}); use --crop {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} or smaller")
+            raise DataError(
+                f"crop {self.crop[0]}x{self.crop[1]} is larger than the synthetic images "
+                f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}); use --crop {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} or smaller"
+            )
         self.mean = torch.tensor(MEAN).view(3, 1, 1)
         self.std = torch.tensor(STD).view(3, 1, 1)
 
@@ -204,8 +217,12 @@ class SyntheticShapes(Dataset):
             if self.crop and self.crop != tuple(label.shape):
                 top = int(torch.randint(0, label.shape[0] - self.crop[0] + 1, ()))
                 left = int(torch.randint(0, label.shape[1] - self.crop[1] + 1, ()))
-                image = image[:, top:top + self.crop[0], left:left + self.crop[1]]
-                label = label[top:top + self.crop[0], left:left + self.crop[1]]
+                image = image[:, top : top + self.crop[0], left : left + self.crop[1]]
+                label = label[top : top + self.crop[0], left : left + self.crop[1]]
         image = (image - self.mean) / self.std
-        return {"image": image.contiguous(), "label": label.contiguous(), "name": f"synthetic-{self.split}-{index:05d}",
-                "regime": regime}
+        return {
+            "image": image.contiguous(),
+            "label": label.contiguous(),
+            "name": f"synthetic-{self.split}-{index:05d}",
+            "regime": regime,
+        }

@@ -5,31 +5,22 @@
 - :func:`scale_usage`: per image regime, the share of paths open out of each scale (Fig. 1);
 - :func:`gate_values`: every alpha a model produces on some images (Fig. 5);
 - :func:`node_costs`: Eq. 7 node by node, expected against real cost, for one image;
-- :func:`path_frequency`: per regime, the share of images in which each path is open;
-- :func:`load_run`: a training folder (``checkpoint.pt``, ``metrics.json``, ``routes.json``,
-  ``train_log.jsonl``) as one :class:`Run`.
+- :func:`path_frequency`: per regime, the share of images in which each path is open.
+
+A training folder is read by :func:`dr.explore.runs.load_run`.
 """
+
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path as FilePath
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from dr.checkpoint import CheckpointError, load_checkpoint
-from dr.evaluate import load_routes
 from dr.model import DynamicRoutingNet
-from dr.routes import Route, common_route
+from dr.routes import Route
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace
-from dr.train import CHECKPOINT, LOG, METRICS, ROUTES_FILE, TrainConfig, model_from_checkpoint
-
-
-#: the checkout ``dr`` runs from (the project installs it editable): notebooks resolve their
-#: default folders (``checkpoints/``, ``runs/``, ``results/``) against it, whatever their working directory
-CHECKOUT = FilePath(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -68,8 +59,13 @@ def route_of(model: DynamicRoutingNet, sample: dict, *, route: Route | None = No
         for j, direction in enumerate(model.space.directions(node)):
             weights[Path(node.layer, node.scale, direction)] = float(alpha[0, j])
     return ImageRoute(
-        name=str(sample.get("name", "")), regime=str(sample.get("regime", "")), image=image, label=sample["label"],
-        prediction=out.logits[0].argmax(dim=0), weights=weights, running=running,
+        name=str(sample.get("name", "")),
+        regime=str(sample.get("regime", "")),
+        image=image,
+        label=sample["label"],
+        prediction=out.logits[0].argmax(dim=0),
+        weights=weights,
+        running=running,
         real_gflops=float(out.total_real_cost[0]) / 1e9,
         expected_gflops=(float(out.expected_cost[0]) + out.fixed_cost) / 1e9,
     )
@@ -93,17 +89,23 @@ def scale_shares(space: RoutingSpace, open_paths: Iterable[Path]) -> np.ndarray:
     return np.divide(opened, total, out=np.full(NUM_SCALES, np.nan), where=total > 0)
 
 
-def scale_usage(space: RoutingSpace, records: Sequence[dict], routes: Sequence[frozenset[Path]]) -> dict[str, list[float]]:
+def scale_usage(
+    space: RoutingSpace, records: Sequence[dict], routes: Sequence[frozenset[Path]]
+) -> dict[str, list[float]]:
     """Mean :func:`scale_shares` per image regime, from the per-image records of a routes file."""
     per_regime: dict[str, list[np.ndarray]] = {}
     for record, paths in zip(records, routes):
         per_regime.setdefault(record.get("regime") or "all", []).append(scale_shares(space, paths))
     order = {"small": 0, "large": 1, "mixed": 2}  # the data's regimes first, in their own order
-    return {regime: np.mean(per_regime[regime], axis=0).tolist()
-            for regime in sorted(per_regime, key=lambda r: (order.get(r, 3), r))}
+    return {
+        regime: np.mean(per_regime[regime], axis=0).tolist()
+        for regime in sorted(per_regime, key=lambda r: (order.get(r, 3), r))
+    }
 
 
-def path_frequency(space: RoutingSpace, records: Sequence[dict], routes: Sequence[frozenset[Path]]) -> dict[str, dict[Path, float]]:
+def path_frequency(
+    space: RoutingSpace, records: Sequence[dict], routes: Sequence[frozenset[Path]]
+) -> dict[str, dict[Path, float]]:
     """Per image regime (and ``all``), the share of images in which each path is open."""
     groups: dict[str, list[frozenset[Path]]] = {"all": list(routes)}
     for record, paths in zip(records, routes):
@@ -140,48 +142,3 @@ def gate_values(model: DynamicRoutingNet, images: torch.Tensor) -> np.ndarray:
     out = model(images, mode="skip")
     values = [alpha[out.active[node]].flatten() for node, alpha in out.gates.items()]
     return torch.cat(values).float().cpu().numpy()
-
-
-@dataclass
-class Run:
-    """A finished training folder."""
-
-    folder: FilePath
-    model: DynamicRoutingNet
-    config: TrainConfig
-    metrics: dict
-    route: Route | None  # the static route of a --route run
-    records: list[dict] = field(default_factory=list)  # per image: name, regime, gflops, open path indices
-    routes: list[frozenset[Path]] = field(default_factory=list)  # per image: open paths
-    log: list[dict] = field(default_factory=list)  # train_log.jsonl
-
-    @property
-    def space(self) -> RoutingSpace:
-        return self.model.space
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-    def common(self, threshold: float = 0.95) -> Route:
-        """The common network (Sec. 4.3, Fig. 4): paths open in more than ``threshold`` of the images."""
-        return common_route(self.routes, threshold, name=f"common({self.name}, {threshold:.0%})")
-
-
-def load_run(folder: str | FilePath) -> Run:
-    """Load what ``python -m dr train --out FOLDER`` (or ``data_scripts/make_checkpoints.py``) wrote."""
-    folder = FilePath(folder)
-    if not (folder / CHECKPOINT).is_file():
-        raise CheckpointError(f"{folder} holds no {CHECKPOINT}; pass a folder written by 'python -m dr train --out', "
-                              "or regenerate the shipped ones with 'python data_scripts/make_checkpoints.py'")
-    state = load_checkpoint(folder / CHECKPOINT)
-    model, cfg = model_from_checkpoint(state, folder / CHECKPOINT)
-    route = Route.from_list(state["route"]["name"], state["route"]["paths"], model.space) if state.get("route") else None
-    metrics = json.loads((folder / METRICS).read_text()) if (folder / METRICS).is_file() else {}
-    records, routes = [], []
-    if (folder / ROUTES_FILE).is_file():
-        _, records, routes = load_routes(folder / ROUTES_FILE)
-    log = []
-    if (folder / LOG).is_file():
-        log = [json.loads(line) for line in (folder / LOG).read_text().splitlines() if line.strip()]
-    return Run(folder, model, cfg, metrics, route, records, routes, log)

@@ -15,12 +15,11 @@ The file lists come from ``torchvision.datasets.Cityscapes`` and ``VOCSegmentati
 here so that a bad file raises a DataError naming it. Randomness comes from torch's global RNG,
 so a seeded training is reproducible.
 """
+
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
-from pathlib import Path as FilePath
 
 import numpy as np
 import torch
@@ -30,8 +29,7 @@ from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from dr.data import MEAN, STD, DataError, DatasetInfo
-from dr.metrics import IGNORE_INDEX
+from dr.data.base import IGNORE_INDEX, MEAN, STD, DataError, DatasetInfo
 
 SPLITS = ("train", "val")
 
@@ -39,10 +37,12 @@ SPLITS = ("train", "val")
 # Cityscapes
 # ----------------------------------------------------------------------------------------------
 
-CITYSCAPES_LAYOUT = ("ROOT/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png and "
-                     "ROOT/gtFine/{train,val}/CITY/*_gtFine_labelIds.png")
-CITYSCAPES_HINT = ("run python data_scripts/prepare_cityscapes.py --root DIR to check a Cityscapes tree "
-                   "(see data_scripts/README.md)")
+CITYSCAPES_LAYOUT = (
+    "ROOT/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png and ROOT/gtFine/{train,val}/CITY/*_gtFine_labelIds.png"
+)
+CITYSCAPES_HINT = (
+    "run python data_scripts/prepare_cityscapes.py --root DIR to check a Cityscapes tree (see data_scripts/README.md)"
+)
 
 
 def _cityscapes_table() -> tuple[np.ndarray, tuple[str, ...]]:
@@ -78,14 +78,38 @@ CITYSCAPES_INFO = DatasetInfo(
 # PASCAL VOC 2012
 # ----------------------------------------------------------------------------------------------
 
-VOC_LAYOUT = ("ROOT/VOCdevkit/VOC2012/ with JPEGImages/*.jpg, SegmentationClass/*.png and "
-              "ImageSets/Segmentation/{train,val}.txt (SBD: SegmentationClassAug/*.png and "
-              "ImageSets/Segmentation/train_aug.txt)")
-VOC_HINT = ("run python data_scripts/prepare_voc.py --root DIR [--sbd SBD_DIR] to check a VOC tree "
-            "and add the SBD augmentation (see data_scripts/README.md)")
-VOC_CLASS_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-                   "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-                   "sheep", "sofa", "train", "tvmonitor")
+VOC_LAYOUT = (
+    "ROOT/VOCdevkit/VOC2012/ with JPEGImages/*.jpg, SegmentationClass/*.png and "
+    "ImageSets/Segmentation/{train,val}.txt (SBD: SegmentationClassAug/*.png and "
+    "ImageSets/Segmentation/train_aug.txt)"
+)
+VOC_HINT = (
+    "run python data_scripts/prepare_voc.py --root DIR [--sbd SBD_DIR] to check a VOC tree "
+    "and add the SBD augmentation (see data_scripts/README.md)"
+)
+VOC_CLASS_NAMES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 #: Raw VOC palette index -> class (0..20) or 255 (the object borders); -1 marks an invalid index.
 VOC_LUT = np.full(256, -1, dtype=np.int16)
@@ -124,23 +148,33 @@ def cityscapes_files(root: str, split: str) -> list[tuple[str, str]]:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"cityscapes data root {root} does not exist; expected {CITYSCAPES_LAYOUT}; {CITYSCAPES_HINT}")
-    missing = [os.path.join(root, top, split) for top in ("leftImg8bit", "gtFine")
-               if not os.path.isdir(os.path.join(root, top, split))]
+    missing = [
+        os.path.join(root, top, split)
+        for top in ("leftImg8bit", "gtFine")
+        if not os.path.isdir(os.path.join(root, top, split))
+    ]
     if missing:
         nested = os.path.join(root, "cityscapes")
         extra = f" (did you mean --data-root {nested}?)" if os.path.isdir(os.path.join(nested, "leftImg8bit")) else ""
-        raise DataError(f"cityscapes layout incomplete: missing {' and '.join(missing)}{extra}; "
-                        f"expected {CITYSCAPES_LAYOUT}; {CITYSCAPES_HINT}")
+        raise DataError(
+            f"cityscapes layout incomplete: missing {' and '.join(missing)}{extra}; "
+            f"expected {CITYSCAPES_LAYOUT}; {CITYSCAPES_HINT}"
+        )
     try:
         listing = datasets.Cityscapes(root, split=split, mode="fine", target_type="semantic")
     except (RuntimeError, OSError) as error:  # e.g. a stray file where a city folder should be
         raise DataError(f"cannot list cityscapes {split} under {root}: {error}") from error
     # torchvision lists every file of every city folder, in directory order: keep the images, sort.
-    pairs = sorted((image, targets[0]) for image, targets in zip(listing.images, listing.targets)
-                   if image.endswith("_leftImg8bit.png"))
+    pairs = sorted(
+        (image, targets[0])
+        for image, targets in zip(listing.images, listing.targets)
+        if image.endswith("_leftImg8bit.png")
+    )
     if not pairs:
-        raise DataError(f"cityscapes {split} split is empty: no CITY/*_leftImg8bit.png under "
-                        f"{os.path.join(root, 'leftImg8bit', split)}")
+        raise DataError(
+            f"cityscapes {split} split is empty: no CITY/*_leftImg8bit.png under "
+            f"{os.path.join(root, 'leftImg8bit', split)}"
+        )
     _missing_files(pairs, f"cityscapes {split}")
     return pairs
 
@@ -162,8 +196,9 @@ def voc_base(root: str) -> str:
 def voc_aug_available(root: str) -> bool:
     """Whether the SBD-augmented training set (SegmentationClassAug + train_aug.txt) is present."""
     base = os.path.join(os.fspath(root), "VOCdevkit", "VOC2012")
-    return (os.path.isdir(os.path.join(base, "SegmentationClassAug"))
-            and os.path.isfile(os.path.join(base, "ImageSets", "Segmentation", "train_aug.txt")))
+    return os.path.isdir(os.path.join(base, "SegmentationClassAug")) and os.path.isfile(
+        os.path.join(base, "ImageSets", "Segmentation", "train_aug.txt")
+    )
 
 
 def read_name_list(path: str) -> list[str]:
@@ -197,21 +232,27 @@ def voc_files(root: str, split: str) -> tuple[list[tuple[str, str]], str]:
         raise DataError(f"voc layout incomplete: missing split list {list_path}; {VOC_HINT}")
     if use_aug:
         names = read_name_list(list_path)
-        pairs = [(os.path.join(base, "JPEGImages", n + ".jpg"), os.path.join(base, "SegmentationClassAug", n + ".png"))
-                 for n in names]
+        pairs = [
+            (os.path.join(base, "JPEGImages", n + ".jpg"), os.path.join(base, "SegmentationClassAug", n + ".png"))
+            for n in names
+        ]
     else:
         if split == "train":
-            warnings.warn(f"SBD augmentation not found under {base} (SegmentationClassAug/ and "
-                          "ImageSets/Segmentation/train_aug.txt); training on VOC's own train list "
-                          "(1464 images instead of 10582); add it with data_scripts/prepare_voc.py --sbd",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"SBD augmentation not found under {base} (SegmentationClassAug/ and "
+                "ImageSets/Segmentation/train_aug.txt); training on VOC's own train list "
+                "(1464 images instead of 10582); add it with data_scripts/prepare_voc.py --sbd",
+                UserWarning,
+                stacklevel=3,
+            )
         try:
             listing = datasets.VOCSegmentation(os.fspath(root), year="2012", image_set=split)
         except (RuntimeError, OSError) as error:
             raise DataError(f"cannot list voc {split} under {root}: {error}") from error
         # torchvision keeps blank lines of the list as images named '.jpg': drop them
-        pairs = [(image, mask) for image, mask in zip(listing.images, listing.masks)
-                 if os.path.basename(image) != ".jpg"]
+        pairs = [
+            (image, mask) for image, mask in zip(listing.images, listing.masks) if os.path.basename(image) != ".jpg"
+        ]
     if not pairs:
         raise DataError(f"voc {list_name} split is empty: {list_path} lists no images")
     _missing_files(pairs, f"voc {list_name}")
@@ -243,8 +284,10 @@ def read_label(path: str, lut: np.ndarray) -> torch.Tensor:
     except _DECODE_ERRORS as error:
         raise DataError(f"cannot decode label {path}: {error}") from error
     if raw.ndim != 2:
-        raise DataError(f"label {path} has {raw.shape[2]} channels ({image.mode}); expected a single-channel "
-                        "PNG of class indices (L or palette mode)")
+        raise DataError(
+            f"label {path} has {raw.shape[2]} channels ({image.mode}); expected a single-channel "
+            "PNG of class indices (L or palette mode)"
+        )
     if raw.dtype != np.uint8:
         if raw.size and (raw.min() < 0 or raw.max() > 255):
             bad = sorted({int(v) for v in np.unique(raw) if not 0 <= v <= 255})
@@ -258,7 +301,9 @@ def read_label(path: str, lut: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mapped.astype(np.uint8))
 
 
-def check_files(pairs: list[tuple[str, str]], lut: np.ndarray, limit: int | None = None) -> tuple[list[str], set[int], int]:
+def check_files(
+    pairs: list[tuple[str, str]], lut: np.ndarray, limit: int | None = None
+) -> tuple[list[str], set[int], int]:
     """Decode (image, label) pairs, ``limit`` of them spread evenly over the list (all if None).
 
     Returns the problems found (one line each), the class values seen and how many pairs were read.
@@ -307,13 +352,15 @@ class RandomScale(v2.Transform):
 
 def train_transform(crop: tuple[int, int]) -> v2.Compose:
     """Random scale 0.5-2.0, random crop to ``crop`` (H, W) padded with 0 / 255, flip, normalise."""
-    return v2.Compose([
-        RandomScale(0.5, 2.0),
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),  # images only; the mask stays uint8
-        v2.Normalize(MEAN, STD),
-    ])
+    return v2.Compose(
+        [
+            RandomScale(0.5, 2.0),
+            v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),  # images only; the mask stays uint8
+            v2.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def eval_transform() -> v2.Compose:
@@ -340,8 +387,9 @@ class SegmentationFiles(Dataset):
         image = read_image(image_path)  # uint8 (3, H, W)
         label = read_label(label_path, self.lut)  # uint8 (H, W)
         if tuple(image.shape[1:]) != tuple(label.shape):
-            raise DataError(f"image {image_path} is {tuple(image.shape[1:])} but its label {label_path} is "
-                            f"{tuple(label.shape)}")
+            raise DataError(
+                f"image {image_path} is {tuple(image.shape[1:])} but its label {label_path} is {tuple(label.shape)}"
+            )
         image, label = self.transform(tv_tensors.Image(image), tv_tensors.Mask(label))
         return {
             "image": image.as_subclass(torch.Tensor),  # float32 (3, h, w)
@@ -358,8 +406,9 @@ def _crop(crop: tuple[int, int] | None, info: DatasetInfo) -> tuple[int, int]:
     return crop
 
 
-def cityscapes_dataset(root: str, split: str, *, train: bool = False,
-                       crop: tuple[int, int] | None = None) -> SegmentationFiles:
+def cityscapes_dataset(
+    root: str, split: str, *, train: bool = False, crop: tuple[int, int] | None = None
+) -> SegmentationFiles:
     """Cityscapes ``train`` or ``val`` with fine labels mapped to the 19 trainIds (255 = ignore)."""
     pairs = cityscapes_files(root, split)
     names = [os.path.basename(image)[: -len("_leftImg8bit.png")] for image, _ in pairs]
@@ -367,59 +416,11 @@ def cityscapes_dataset(root: str, split: str, *, train: bool = False,
     return SegmentationFiles(pairs, CITYSCAPES_LUT, names, transform)
 
 
-def voc_dataset(root: str, split: str, *, train: bool = False,
-                crop: tuple[int, int] | None = None) -> SegmentationFiles:
+def voc_dataset(
+    root: str, split: str, *, train: bool = False, crop: tuple[int, int] | None = None
+) -> SegmentationFiles:
     """VOC 2012 ``train`` (SBD-augmented when present) or ``val``; 21 classes, 255 = object borders."""
     pairs, _ = voc_files(root, split)
     names = [os.path.splitext(os.path.basename(image))[0] for image, _ in pairs]
     transform = train_transform(_crop(crop, VOC_INFO)) if train else eval_transform()
     return SegmentationFiles(pairs, VOC_LUT, names, transform)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reports of the data_scripts/prepare_*.py checks
-# ----------------------------------------------------------------------------------------------
-
-
-def verify_split(split: str, pairs: list[tuple[str, str]], expected: int, lut: np.ndarray, info: DatasetInfo, *,
-                 full: bool, sample: int, allow_partial: bool, problems: list[str], warnings: list[str]) -> None:
-    """Check one split's count against the official one and decode (a sample of) its files;
-    adds what is wrong to ``problems`` (or, for a count under ``allow_partial``, ``warnings``)."""
-    if len(pairs) != expected:
-        (warnings if allow_partial else problems).append(f"{split}: found {len(pairs)} of expected {expected} images")
-    errors, seen, read = check_files(pairs, lut, None if full else sample)
-    classes = [v for v in seen if v < info.num_classes]
-    print(f"  {split}: decoded {read} image/label pairs{'' if full else ' (use --full for all)'}; "
-          f"{len(errors)} bad; {len(classes)} of {info.num_classes} classes seen")
-    problems += errors
-
-
-def report(problems: list[str], warnings: list[str], *, download: str, usable: str) -> int:
-    """Print warnings and problems (then how to get the data) or the OK line; the exit status."""
-    for line in warnings:
-        print(f"  WARNING: {line} (--allow-partial)")
-    if problems:
-        for line in problems:
-            print(f"  PROBLEM: {line}")
-        print(download)
-        return 1
-    print(f"  OK: usable with {usable}")
-    return 0
-
-
-
-def check_arguments(description: str, *, root_help: str, partial_help: str) -> argparse.ArgumentParser:
-    """The options both prepare scripts share: --root, --full, --sample, --allow-partial."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--root", required=True, type=FilePath, help=root_help)
-    parser.add_argument("--full", action="store_true", help="decode every image and label, not a sample")
-    parser.add_argument("--sample", type=int, default=20, help="pairs decoded per split without --full (20)")
-    parser.add_argument("--allow-partial", action="store_true", help=partial_help)
-    return parser
-
-
-def parse_check_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    args = parser.parse_args(argv)
-    if args.sample < 1:
-        parser.error(f"--sample must be >= 1, got {args.sample}")
-    return args

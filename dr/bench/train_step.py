@@ -1,0 +1,71 @@
+"""Training step time: what the gates cost in training (``python -m dr bench-train``)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from dr.bench.latency import median_ms
+from dr.config import ModelConfig
+from dr.model import DynamicRoutingNet
+
+#: training variants compared by :func:`train_step_benchmark`: name -> config overrides
+TRAIN_VARIANTS = {
+    "fix": dict(activation="fix"),  # Network-Fix: no gates
+    "raw_small_gate": dict(small_gate=True),  # Dynamic-Raw with gates on 4x down-sampled features
+    "raw": dict(),  # Dynamic-Raw with full-resolution gates
+}
+
+
+def train_step_benchmark(
+    config: ModelConfig,
+    height: int,
+    width: int,
+    *,
+    batch: int = 8,
+    repeats: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Median wall time of one training step (forward, loss, backward, SGD step) per variant.
+
+    The variants run interleaved, round by round, so that drifts of the machine hit them alike;
+    the ratios to Network-Fix are what to read. The loss includes the expected cost (as the budget
+    loss would) so the gated variants pay for its graph too.
+    """
+    torch.manual_seed(seed)
+    images = torch.randn(batch, 3, height, width)
+    labels = torch.randint(0, config.num_classes, (batch, height, width))
+    runs = {}
+    for name, overrides in TRAIN_VARIANTS.items():
+        model = DynamicRoutingNet(config.replace(**overrides)).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        runs[name] = (model, optimizer)
+
+    def step(model, optimizer) -> float:
+        tic = time.perf_counter()
+        out = model(images)
+        loss = nn.functional.cross_entropy(out.logits, labels) + 1e-12 * out.expected_cost.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - tic
+
+    samples = {name: [] for name in runs}
+    for round_ in range(warmup + repeats):
+        for name, (model, optimizer) in runs.items():
+            t = step(model, optimizer)
+            if round_ >= warmup:
+                samples[name].append(t)
+        if progress:
+            print(f"round {round_ + 1}/{warmup + repeats}", end="\r", flush=True)
+    result = {"height": height, "width": width, "batch": batch, "repeats": repeats, "threads": torch.get_num_threads()}
+    for name in runs:
+        result[f"{name}_ms"] = median_ms(samples[name])
+    for name in runs:
+        if name != "fix":
+            result[f"{name}_over_fix"] = result[f"{name}_ms"] / result["fix_ms"]
+    return result

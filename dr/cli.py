@@ -1,0 +1,433 @@
+"""Command line: ``python -m dr info | bench | bench-train | train | eval | study | figures``.
+
+Bad input ends with a one-line message naming the problem and the fix, exit code 2 (no
+traceback); a diverged training ends with exit code 3, an interrupted one with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from dr.config import DEFAULT_SIZES, PRESETS, ConfigError, parse_size, preset
+from dr.routes import ROUTES, RouteError
+from dr.training.config import TrainConfig, flag
+
+
+def _size(args) -> tuple[int, int]:
+    return parse_size(args.size) if args.size else DEFAULT_SIZES[args.preset]
+
+
+def _check_choice(kind: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
+
+
+def cmd_info(args) -> int:
+    from dr.summary import summarize
+
+    _check_choice("preset", args.preset, PRESETS)
+    if args.route is not None:
+        _check_choice("route", args.route, ROUTES)
+    config = preset(args.preset)
+    height, width = _size(args)
+    info = summarize(config, height, width, args.route)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"preset {args.preset}: C={config.width}, L={config.depth}, {config.num_classes} classes, "
+        f"gate {config.activation}{' (small)' if config.small_gate else ''}, SepConv3x3 x{config.sepconv_repeats}"
+    )
+    print(
+        f"routing space: {info['nodes']} nodes, {info['paths']} paths; input {height}x{width} "
+        f"(computed at {info['padded_size'][0]}x{info['padded_size'][1]})"
+    )
+    g = ".1f" if info["gflops_all_open"] >= 10 else ".4f"  # tiny networks: GFLOPs well below 1
+    print(f"{'':34s}{'params (M)':>12s}{'GFLOPs':>10s}")
+    print(f"{'dynamic, every path open':34s}{info['params_m']:12.2f}{info['gflops_all_open']:10{g}}")
+    print(f"{'Network-Fix (no gates)':34s}{info['params_fix_m']:12.2f}{info['gflops_fix']:10{g}}")
+    print(f"{'routing space (cells+transforms)':34s}{'':12s}{info['gflops_routing_space']:10{g}}")
+    if args.route is not None:
+        name = f"route {args.route} (static, no gates)"
+        print(f"{name:34s}{info['params_route_m']:12.2f}{info['gflops_route']:10{g}}")
+    print("GFLOPs in the paper's convention: multiply-add = 1, plus BatchNorm and ReLU elements.")
+    return 0
+
+
+def _bench_setup(args):
+    """The preset and size of a benchmark command, after checking its options."""
+    _check_choice("preset", args.preset, PRESETS)
+    if args.batch < 1 or args.repeats < 1:
+        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    return (preset(args.preset), *_size(args))
+
+
+def _printed_json(result: dict, args) -> bool:
+    """Tag the result with its preset; with --json print it and say so."""
+    result["preset"] = args.preset
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return args.json
+
+
+def cmd_bench(args) -> int:
+    from dr.bench.latency import benchmark
+
+    config, height, width = _bench_setup(args)
+    _check_choice("route", args.route, ROUTES)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = benchmark(
+        config, height, width, args.route, batch=args.batch, repeats=args.repeats, progress=not args.json
+    )
+    if _printed_json(result, args):
+        return 0
+    print(
+        f"{args.preset} {height}x{width}, batch {args.batch}, route {args.route}, median of {args.repeats} "
+        f"(CPU, {result['threads']} threads)"
+    )
+    print(f"  all open      {result['all_open_ms']:9.1f} ms  {result['gflops_all_open']:8.2f} GFLOPs")
+    print(f"  route, skip   {result['route_ms']:9.1f} ms  {result['gflops_route']:8.2f} GFLOPs")
+    print(f"  route, masked {result['masked_ms']:9.1f} ms")
+    print(
+        f"  cost_ratio {result['cost_ratio']:.3f}  latency_ratio {result['latency_ratio']:.3f}  "
+        f"latency_masked_ratio {result['latency_masked_ratio']:.3f}"
+    )
+    if "per_image_routes" in result:
+        p = result["per_image_routes"]
+        print(
+            f"  per-image routes {p['routes']}: batched {p['batched_ms']:.1f} ms, "
+            f"one by one {p['one_by_one_ms']:.1f} ms "
+            f"(ratio {p['batched_over_one_by_one']:.3f}, max |diff| {p['max_abs_diff_batched_vs_one_by_one']:.2e})"
+        )
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from dr.bench.train_step import train_step_benchmark
+
+    config, height, width = _bench_setup(args)
+    result = train_step_benchmark(config, height, width, batch=args.batch, repeats=args.repeats, progress=not args.json)
+    if _printed_json(result, args):
+        return 0
+    print(
+        f"{args.preset} training step, {height}x{width}, batch {args.batch}, median of {args.repeats} "
+        f"interleaved rounds (CPU, {result['threads']} threads)"
+    )
+    print(f"  Network-Fix                   {result['fix_ms']:9.1f} ms")
+    print(
+        f"  Dynamic-Raw, small gate       {result['raw_small_gate_ms']:9.1f} ms  "
+        f"ratio {result['raw_small_gate_over_fix']:.3f}"
+    )
+    print(f"  Dynamic-Raw, full-res gate    {result['raw_ms']:9.1f} ms  ratio {result['raw_over_fix']:.3f}")
+    return 0
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """One flag per field of a config dataclass (``kl_weight`` -> ``--kl-weight``), with the field's
+    help text and default. Options not given stay absent from the parsed arguments, so a resumed
+    run can tell what was given explicitly."""
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] or [hints[f.name]]
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        if kinds[0] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = f.metadata.get("parse", kinds[0])
+            kwargs["metavar"] = f.name.upper()
+        parser.add_argument(flag(f.name), **kwargs)
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from dr.training.checkpoint import CHECKPOINT, load_checkpoint
+    from dr.training.train import check_compatible, train
+
+    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume:
+        path = Path(args.out) / CHECKPOINT
+        state = load_checkpoint(path)
+        cfg = dataclasses.replace(TrainConfig.from_dict(state["train_config"]), **explicit)
+        check_compatible(state, cfg, path)
+    else:
+        cfg = TrainConfig(**explicit)
+    metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    _print_metrics(metrics, args.json)
+    print(f"wrote {Path(args.out) / 'metrics.json'}, routes.json, train_log.jsonl and checkpoint.pt", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from dr.data import build_dataset, dataset_info
+    from dr.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, saved_route
+    from dr.training.evaluate import evaluate, save_routes, write_json
+    from dr.training.train import resolve_device, run_summary
+
+    device = resolve_device(args.device)
+    state = load_checkpoint(args.checkpoint, map_location=device)
+    model, cfg = model_from_checkpoint(state, args.checkpoint, device)
+    if args.preset is not None and args.preset != cfg.preset:
+        raise CheckpointError(
+            f"{args.checkpoint} was made for preset {cfg.preset!r}, not {args.preset!r}; "
+            f"drop --preset or pass a checkpoint of {args.preset!r}"
+        )
+    if args.data is not None and args.data != cfg.data:
+        raise CheckpointError(
+            f"{args.checkpoint} was trained on {cfg.data!r} ({model.config.num_classes} classes), "
+            f"not {args.data!r}; evaluate it on {cfg.data!r}"
+        )
+    info = dataset_info(cfg.data)
+    root = args.data_root or cfg.data_root
+    dataset = build_dataset(
+        cfg.data,
+        args.split,
+        root=root,
+        train=False,
+        seed=cfg.seed,
+        size=args.val_size if args.val_size is not None else cfg.val_size,
+    )
+    route = saved_route(state, model)
+    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else (1.0,)
+    metrics, routes = evaluate(
+        model,
+        dataset,
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        batch_size=args.batch,
+        device=device,
+        flip=args.flip,
+        scales=scales,
+        progress=not args.json,
+        route=route,
+    )
+    metrics.update(
+        run_summary(cfg, model, route, int(state["iteration"]), float(state["seconds"]), cfg.crop or info.train_crop)
+    )
+    metrics["checkpoint"] = str(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    write_json(metrics, out / "eval.json")
+    save_routes(routes, out / "eval_routes.json")
+    _print_metrics(metrics, args.json)
+    return 0
+
+
+def _print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(f"mIoU {100 * metrics['miou']:.2f}  ({metrics['num_images']} images)")
+    for regime, value in metrics["miou_by_regime"].items():
+        print(f"  {regime:8s} mIoU {100 * value:.2f}")
+    print(
+        f"GFLOPs real avg {metrics['gflops_avg']:.4f}  max {metrics['gflops_max']:.4f}  min {metrics['gflops_min']:.4f}"
+        f"  expected avg {metrics['gflops_expected_avg']:.4f}"
+    )
+    if metrics.get("seconds"):
+        print(
+            f"trained {metrics['iters']} iterations in {metrics['seconds']:.0f} s "
+            f"({metrics['images_per_second']:.1f} images/s)"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dr", description="Dynamic routing for semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="architecture summary: parameters and GFLOPs")
+    info.add_argument("--preset", default="paper-l16", help=f"one of {', '.join(PRESETS)}")
+    info.add_argument("--size", help="input HxW (default: the preset's evaluation size)")
+    info.add_argument("--route", help=f"also cost a static route: {', '.join(ROUTES)}")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=cmd_info)
+
+    bench = sub.add_parser("bench", help="CPU latency: all open vs route (skip) vs route (masked)")
+    bench.add_argument("--preset", default="paper-l16", help=f"one of {', '.join(PRESETS)}")
+    bench.add_argument("--size", help="input HxW (default: the preset's evaluation size)")
+    bench.add_argument("--route", default="fcn32s", help=f"one of {', '.join(ROUTES)}")
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(func=cmd_bench)
+
+    bt = sub.add_parser("bench-train", help="training step time: Dynamic-Raw (small / full gate) vs Network-Fix")
+    bt.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    bt.add_argument("--size", help="crop HxW (default: the preset's size)")
+    bt.add_argument("--batch", type=int, default=8)
+    bt.add_argument("--repeats", type=int, default=10, help="timed rounds (median reported)")
+    bt.add_argument("--json", action="store_true", help="print one JSON object")
+    bt.set_defaults(func=cmd_bench_train)
+
+    # train: one flag per field of dr.training.config.TrainConfig, where the defaults live
+    train = sub.add_parser(
+        "train",
+        help="train a network (default: the CPU tutorial on the embedded data)",
+        description="Defaults: the tiny network on the embedded data, a few minutes on a CPU.",
+    )
+    train.add_argument(
+        "--out", required=True, help="output folder: checkpoint.pt, train_log.jsonl, metrics.json, routes.json"
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_config_options(train, TrainConfig)
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint: mIoU, cost per image, routes")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'python -m dr train'")
+    ev.add_argument("--data-root", help="root of the data set (default: the one it was trained on)")
+    ev.add_argument("--data", help="check the data set (it must be the one it was trained on)")
+    ev.add_argument("--preset", help="check the checkpoint's preset")
+    ev.add_argument("--split", default="val", help="split to evaluate (default val)")
+    ev.add_argument("--val-size", type=int, help="synthetic data: number of val images")
+    ev.add_argument("--flip", action="store_true", help="test-time augmentation: add the flipped image")
+    ev.add_argument("--scales", help="test-time augmentation: comma-separated scales, e.g. 0.75,1,1.25")
+    ev.add_argument("--batch", type=int, default=16, help="images per batch (same-size images only)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--out", help="folder for eval.json and eval_routes.json (default: the checkpoint's)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
+
+    st = sub.add_parser(
+        "study", help="the reproduction study: train every row on several seeds, write results and figures"
+    )
+    st.add_argument("--out", default="runs/study", help="folder of the study's runs (default runs/study)")
+    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    st.add_argument("--iters", type=int, help="iterations per run (default 800; --fast: 6)")
+    st.add_argument("--only", nargs="+", help="train only these rows (names as in dr.study.VARIANTS)")
+    st.add_argument("--fast", action="store_true", help="a reduced grid on tiny data (CI smoke run)")
+    st.add_argument("--no-train", action="store_true", help="only collect what the runs in --out measured")
+    st.add_argument("--checkpoints", default="checkpoints", help="shipped checkpoints reused as seed-0 runs")
+    st.add_argument("--results", help="results JSON (default OUT/reproduction.json)")
+    st.add_argument("--figures", help="folder for the study's figures (default OUT/figures)")
+    st.add_argument("--jobs", type=int, default=1, help="training processes sharing the grid (default 1)")
+    st.add_argument("--secondary-seeds", type=int, help="at most this many seeds for rows outside Table 1")
+    st.add_argument("--train-only", action="store_true", help="train, do not collect (used by --jobs)")
+    st.add_argument("--quiet", action="store_true", help="no progress bars")
+    st.set_defaults(func=cmd_study)
+
+    fig = sub.add_parser("figures", help="regenerate the committed figures (figures/*.png)")
+    fig.add_argument("--out", default="figures", help="folder for the PNGs (default: figures)")
+    fig.add_argument("--checkpoints", default="checkpoints", help="the shipped tiny checkpoints (default: checkpoints)")
+    fig.add_argument(
+        "--results",
+        default="results/reproduction.json",
+        help="reproduction study results for the mIoU-vs-cost plot (used if present)",
+    )
+    fig.set_defaults(func=cmd_figures)
+    return parser
+
+
+def cmd_study(args) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from dr.explore.figures import study_figures
+    from dr.study.collect import collect
+    from dr.study.grid import FAST_VARIANTS, ITERS
+    from dr.study.report import verdict_table, write_results
+    from dr.study.runner import run_study
+
+    seeds = tuple(args.seeds)
+    iters = args.iters or (6 if args.fast else ITERS)
+    names = set(args.only) if args.only else (set(FAST_VARIANTS) if args.fast else None)
+    extra = {"train_size": 64, "val_size": 12} if args.fast else None
+    if not args.no_train and args.jobs > 1:  # N processes share the grid, each with its share of the cores
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        command = [
+            sys.executable,
+            "-m",
+            "dr",
+            "study",
+            "--out",
+            str(args.out),
+            "--seeds",
+            *map(str, seeds),
+            "--iters",
+            str(iters),
+            "--checkpoints",
+            str(args.checkpoints),
+            "--train-only",
+            "--quiet",
+        ]
+        if args.only:
+            command += ["--only", *args.only]
+        if args.fast:
+            command.append("--fast")
+        if args.secondary_seeds is not None:
+            command += ["--secondary-seeds", str(args.secondary_seeds)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        workers = [subprocess.Popen(command, env=env) for _ in range(args.jobs)]
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            print(
+                f"error: a study worker failed (exit codes {codes}); finished runs are kept, run the same "
+                "command again to continue",
+                file=sys.stderr,
+            )
+            return 1
+    elif not args.no_train:
+        run_study(
+            args.out,
+            seeds=seeds,
+            iters=iters,
+            names=names,
+            extra=extra,
+            shipped=None if args.fast else args.checkpoints,
+            secondary_seeds=args.secondary_seeds,
+            progress=not args.quiet,
+        )
+    if args.train_only:
+        return 0
+    results = collect(args.out, seeds=seeds, iters=iters, fast=args.fast)
+    results_path = Path(args.results) if args.results else Path(args.out) / "reproduction.json"
+    write_results(results, results_path)
+    for path in study_figures(results, args.figures or Path(args.out) / "figures"):
+        print(path)
+    print(verdict_table(results))
+    print(f"wrote {results_path}", file=sys.stderr)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from dr.explore.figures import make_figures
+
+    for path in make_figures(args.out, args.checkpoints, args.results):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dr.training.train import TrainingError
+
+    try:
+        return args.func(args)
+    except (ConfigError, RouteError, ValueError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except TrainingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept: continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: Exception) -> str:
+    """The message of an error; for one re-raised from a DataLoader worker, its original message."""
+    text = str(error)
+    if "Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text

@@ -1,0 +1,82 @@
+"""Skipping inference (paper Eq. 5-6): what is closed is not computed, per image, even inside a batch.
+
+For one node and one image, with alpha = delta(G(X)) its gate values:
+
+    H   = X                               if sum_j alpha_j = 0 (the cell is not computed)     (Eq. 5)
+        = Cell(X)                         otherwise
+    Y_j = X on keep, nothing elsewhere    if sum_j alpha_j = 0                               (Eq. 6)
+        = alpha_j * T_{s -> j}(H)         for each open path (alpha_j > 0); closed paths are not computed
+
+and a node that no open path reaches for an image is not executed for it at all (no gate, no cell).
+
+The authors' code instead computes every path and multiplies the closed ones by zero, skipping a
+cell only when its gates are closed for the whole batch, so routing saves them no time. Here each
+piece of work runs on exactly the images that need it: the rows of the batch are selected
+(``index_select``), computed together, and added back into full-batch buffers (``index_add``).
+The result equals the dense forward of :mod:`dr.model` (``mode="masked"``), which the tests check.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dr.space import NUM_SCALES, Node, Path
+
+
+def put_rows(buffer: torch.Tensor | None, y: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """``buffer + y`` with the rows of ``y`` added at ``rows`` of a (B, ...) buffer (zeros if ``None``)."""
+    if len(rows) == batch:
+        return y if buffer is None else buffer + y
+    if buffer is None:
+        buffer = y.new_zeros((batch, *y.shape[1:]))
+    return buffer.index_add(0, rows, y)
+
+
+def skipping_forward(net, images: torch.Tensor, *, route=None):
+    """Eq. 5-6 through ``net`` (a :class:`dr.model.DynamicRoutingNet`); returns its ``RoutingOutput``."""
+    stem, masks = net.begin(images, route)
+    batch = len(images)
+    inputs: dict[Node, torch.Tensor] = {Node(0, 0): stem}  # X of each node; rows of images not reaching it stay 0
+    reached = {Node(0, 0): torch.ones(batch, dtype=torch.bool, device=images.device)}
+    gates: dict[Node, torch.Tensor] = {}
+    features: list[torch.Tensor | None] = [None] * NUM_SCALES
+
+    def deliver(path: Path, y: torch.Tensor, rows: torch.Tensor) -> None:
+        """Add the output of ``path`` for the images ``rows`` to where it goes: the next node or the decoder."""
+        target = net.space.target(path)
+        if target is None:
+            features[path.scale] = put_rows(features[path.scale], y, rows, batch)
+            return
+        inputs[target] = put_rows(inputs.get(target), y, rows, batch)
+        arrived = torch.zeros(batch, dtype=torch.bool, device=y.device).index_fill_(0, rows, True)
+        reached[target] = reached[target] | arrived if target in reached else arrived
+
+    for node in net.space.nodes:
+        module, paths = net.node(node), net.space.paths_out(node)
+        rows = reached[node].nonzero().flatten() if node in reached else stem.new_zeros(0, dtype=torch.long)
+        gates[node] = stem.new_zeros(batch, len(paths))
+        reached.setdefault(node, torch.zeros(batch, dtype=torch.bool, device=images.device))
+        if not len(rows):  # no image reaches this node: nothing of it runs
+            continue
+        x = inputs.pop(node)
+        x = x if len(rows) == batch else x.index_select(0, rows)  # X for the images that reach the node
+        alpha = module.gate(x) if module.gate is not None else x.new_ones(len(rows), len(paths))  # Eq. 2-3
+        if masks is not None:
+            alpha = alpha * masks[node].index_select(0, rows)
+        gates[node] = alpha if len(rows) == batch else gates[node].index_copy(0, rows, alpha)
+        opened = alpha > 0  # (n, P)
+        works = opened.any(dim=1)  # Eq. 5: the cell is computed for these images
+        if not bool(works.all()):  # Eq. 6: Y_keep = X, nothing computed
+            deliver(paths[0], x[~works], rows[~works])
+        if not bool(works.any()):
+            continue
+        h = module.cell(x if bool(works.all()) else x[works])  # Eq. 1 on the working images
+        rows, alpha, opened = rows[works], alpha[works], opened[works]
+        for j, path in enumerate(paths):
+            take = opened[:, j]  # the images for which path j is open
+            if not bool(take.any()):
+                continue
+            everyone = bool(take.all())
+            y = module.transforms[path.direction](h if everyone else h[take])  # T_{s -> j}(H), open paths only
+            deliver(path, alpha[take, j, None, None, None] * y, rows if everyone else rows[take])  # Eq. 6
+    return net.end(images, features, gates, reached)

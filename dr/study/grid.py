@@ -1,0 +1,149 @@
+"""The study's grid: every row (a name, a group, the training settings that differ from the tutorial),
+the seeds each runs on, the tables they belong to and the paper's figures to compare with.
+
+The rows:
+
+- Table 1: the five static routes of Fig. 3, Network-Fix, Dynamic-Raw, Dynamic-A/B/C and
+  Common-A/B/C (the paths a dynamic model opens in more than 95% of the images, trained as a
+  static route);
+- Table 2: the cell's SepConv3x3 stacked x1, x2 (Dynamic-Raw), x3;
+- Table 3: gate activations Fix, softmax, sigmoid, max(0, tanh) (Dynamic-Raw), no budget;
+- Table 4: the budgets;
+- hard gates: binary Gumbel gates and the KL sparsity budget of pixel-wise attentional gating,
+  against max(0, tanh) with Eq. 9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path as FilePath
+
+from dr.training.checkpoint import ROUTES_FILE
+from dr.training.config import TrainConfig
+
+ITERS = 800
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the study: a name, a group and the training settings that differ from the tutorial."""
+
+    name: str
+    group: str  # static | fix | dynamic | common | activation | cell | hard
+    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    common_of: str | None = None  # Common-X: the dynamic row whose routes give the static route
+    max_seeds: int = 3  # rows that are costly and secondary may run on fewer seeds
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-").replace("--", "-")
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("FCN-32s", "static", {"route": "fcn32s"}),
+    Variant("DeepLabV3", "static", {"route": "deeplabv3"}),
+    Variant("U-Net", "static", {"route": "unet"}),
+    Variant("HRNetV2", "static", {"route": "hrnetv2"}),
+    Variant("Auto-DeepLab", "static", {"route": "autodeeplab"}),
+    Variant("Network-Fix", "fix", {"budget": "none"}),
+    Variant("Dynamic-Raw", "dynamic", {"budget": "raw"}),
+    Variant("Dynamic-A", "dynamic", {"budget": "A"}),
+    Variant("Dynamic-B", "dynamic", {"budget": "B"}),
+    Variant("Dynamic-C", "dynamic", {"budget": "C"}),
+    Variant("Common-A", "common", common_of="Dynamic-A"),
+    Variant("Common-B", "common", common_of="Dynamic-B"),
+    Variant("Common-C", "common", common_of="Dynamic-C"),
+    Variant("Softmax", "activation", {"activation": "softmax"}, max_seeds=2),
+    Variant("Sigmoid", "activation", {"activation": "sigmoid"}, max_seeds=2),
+    Variant("SepConv x1", "cell", {"sepconv_repeats": 1}, max_seeds=2),
+    Variant("SepConv x3", "cell", {"sepconv_repeats": 3}, max_seeds=2),
+    Variant("Hard + Eq. 9 (A)", "hard", {"activation": "gumbel", "budget": "A"}, max_seeds=2),
+    Variant("Soft + KL", "hard", {"budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=2),
+    Variant(
+        "Hard + KL", "hard", {"activation": "gumbel", "budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=2
+    ),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+#: groups of Table 1's rows, which always run on every seed
+TABLE1_GROUPS = ("static", "fix", "dynamic", "common")
+
+#: the paper's rows each table compares, ours named as above (Dynamic-Raw is x2 / max(0, tanh))
+TABLES = {
+    "table1": [
+        "FCN-32s",
+        "DeepLabV3",
+        "U-Net",
+        "HRNetV2",
+        "Auto-DeepLab",
+        "Common-A",
+        "Common-B",
+        "Common-C",
+        "Dynamic-A",
+        "Dynamic-B",
+        "Dynamic-C",
+        "Dynamic-Raw",
+        "Network-Fix",
+    ],
+    "table2": ["SepConv x1", "Dynamic-Raw", "SepConv x3"],
+    "table3": ["Network-Fix", "Softmax", "Sigmoid", "Dynamic-Raw"],
+    "table4": ["Network-Fix", "Dynamic-A", "Dynamic-B", "Dynamic-C", "Dynamic-Raw"],
+    "hard_gates": ["Dynamic-A", "Hard + Eq. 9 (A)", "Soft + KL", "Hard + KL"],
+}
+#: the paper's figures (Cityscapes val, Layer16): mIoU and average GFLOPs
+PAPER = {
+    "FCN-32s": (66.9, 35.1),
+    "DeepLabV3": (67.0, 42.5),
+    "U-Net": (71.6, 53.9),
+    "HRNetV2": (72.5, 62.5),
+    "Auto-DeepLab": (67.2, 33.1),
+    "Common-A": (71.6, 41.6),
+    "Common-B": (73.0, 53.7),
+    "Common-C": (73.2, 57.1),
+    "Dynamic-A": (72.8, 44.9),
+    "Dynamic-B": (73.8, 58.7),
+    "Dynamic-C": (74.6, 66.6),
+    "Dynamic-Raw": (76.1, 119.5),
+    "Network-Fix": (74.5, 103.1),
+    "Softmax": (74.1, 120.0),
+    "Sigmoid": (75.9, 120.0),
+    "SepConv x1": (71.2, 81.4),
+    "SepConv x3": (75.2, 153.8),
+}
+#: rows of the reduced grid ``fast`` runs (CI): one of each kind
+FAST_VARIANTS = ("FCN-32s", "Network-Fix", "Dynamic-Raw", "Dynamic-A", "Common-A", "Hard + KL")
+#: shipped checkpoints (data_scripts/make_checkpoints.py) that are these rows at seed 0, 800 iterations
+SHIPPED = {
+    "Network-Fix": "tiny-fix",
+    "Dynamic-Raw": "tiny-raw",
+    "Dynamic-A": "tiny-A",
+    "Dynamic-B": "tiny-B",
+    "Dynamic-C": "tiny-C",
+}
+
+
+def run_dir(out: FilePath, name: str, seed: int) -> FilePath:
+    return FilePath(out) / "runs" / BY_NAME[name].slug / f"seed{seed}"
+
+
+def config_for(variant: Variant, seed: int, iters: int, out: FilePath, extra: dict | None = None) -> TrainConfig:
+    overrides = dict(variant.overrides)
+    if variant.common_of:
+        overrides["route"] = str(run_dir(out, variant.common_of, seed) / ROUTES_FILE)
+    return TrainConfig(iters=iters, seed=seed, **overrides, **(extra or {}))
+
+
+def seeds_of(variant: Variant, seeds, secondary_seeds: int | None = None) -> list[int]:
+    """The seeds a row runs on: all for Table 1's rows, at most ``max_seeds`` (or
+    ``secondary_seeds``) for the others."""
+    cap = (
+        variant.max_seeds
+        if secondary_seeds is None or variant.group in TABLE1_GROUPS
+        else min(variant.max_seeds, secondary_seeds)
+    )
+    return list(seeds)[:cap]
+
+
+def planned_runs(variants, seeds, secondary_seeds: int | None = None) -> list[tuple[Variant, int]]:
+    """(variant, seed) in training order: seed by seed, so a partial study has whole seeds."""
+    return [(v, seed) for seed in seeds for v in variants if seed in seeds_of(v, seeds, secondary_seeds)]

@@ -1,0 +1,471 @@
+"""Training (paper Sec. 3.3 Eq. 10, Sec. 4.2): SGD, poly schedule with warm-up, the budget loss.
+
+    L = L_N + lambda2 * schedule(t) * L_C            (Eq. 10 with lambda1 = 1)
+
+L_N is the pixel-wise cross-entropy (ignore 255), L_C the budget constraint of Eq. 9
+(:mod:`dr.budget`). The recipe: SGD with momentum 0.9 and weight decay 1e-4 (none on
+normalisation layers and biases), learning rate ``lr * warmup(t) * (1 - t / T) ** 0.9``, gradient
+norm clipped at 5, optional Scheduled Drop Path and a learning-rate multiplier for the gates.
+
+A run is reproducible and resumable: every batch is drawn and augmented from seeds derived from
+``(seed, iteration)``, and the checkpoint carries weights, optimiser, scheduler, iteration and the
+RNG states, so ``--resume`` after a kill ends exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm.auto import tqdm
+
+from dr.budget import Budget, BudgetLoss, SparsityBudgetLoss
+from dr.data import build_dataset, dataset_info
+from dr.data.base import IGNORE_INDEX
+from dr.gate import SoftConditionalGate, gumbel_temperature
+from dr.model import DynamicRoutingNet
+from dr.routes import ROUTES, Route, RouteError, named_route
+from dr.training.checkpoint import (
+    CHECKPOINT,
+    LOG,
+    METRICS,
+    ROUTES_FILE,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from dr.training.config import TrainConfig, check_config, flag, model_config
+from dr.training.evaluate import common_route_from_file, evaluate, save_routes, write_json
+
+
+class TrainingError(RuntimeError):
+    """Training had to stop (the loss diverged); the message says what was kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_route(cfg: TrainConfig, model: DynamicRoutingNet) -> Route | None:
+    """The static route to train, or None for the whole space."""
+    if cfg.route is None:
+        return None
+    if cfg.route in ROUTES:
+        return named_route(cfg.route, model.space)
+    route = common_route_from_file(cfg.route, cfg.common_threshold)
+    if any(p.layer > model.space.depth for p in route.paths):
+        raise RouteError(f"routes file {cfg.route} comes from a deeper network than preset {cfg.preset!r}")
+    return route
+
+
+# ---------------------------------------------------------------------- optimisation
+def lr_factor(iteration: int, total: int, warmup: int, power: float = 0.9, warmup_start: float = 0.001) -> float:
+    """Multiplier of the base learning rate: linear warm-up, then poly decay (1 - t/T) ** 0.9."""
+    poly = (1.0 - iteration / total) ** power if iteration < total else 0.0
+    if iteration < warmup:
+        alpha = iteration / warmup
+        return poly * (warmup_start * (1 - alpha) + alpha)
+    return poly
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, gate_lr: float) -> list[dict]:
+    """Four groups: (gate or not) x (decayed or not). Norm-layer parameters and biases get no decay."""
+    groups = {key: [] for key in ("decay", "no_decay", "gate_decay", "gate_no_decay")}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1  # BatchNorm weights / biases and every conv or linear bias
+        key = ("gate_" if ".gate." in name else "") + ("no_decay" if no_decay else "decay")
+        groups[key].append(param)
+    out = []
+    for key, params in groups.items():
+        if params:
+            out.append(
+                {
+                    "params": params,
+                    "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
+                    "lr_scale": gate_lr if key.startswith("gate") else 1.0,
+                    "name": key,
+                }
+            )
+    return out
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    groups = parameter_groups(model, cfg.weight_decay, cfg.gate_lr)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(t, cfg.iters, cfg.warmup_iters))
+    return optimizer, scheduler
+
+
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """L_N: pixel-wise cross-entropy, pixels labelled 255 ignored."""
+    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------- data order
+def sample_plan(num_images: int, batch: int, seed: int, iteration: int) -> list[tuple[int, int]]:
+    """(image index, augmentation seed) of each sample of ``iteration``.
+
+    Sample k of the run is image ``perm_e[k mod n]`` of epoch ``e = k // n``; each epoch's
+    permutation and each sample's augmentation seed depend only on ``(seed, k)``, so any
+    iteration can be rebuilt without replaying the ones before it.
+    """
+    perms: dict[int, torch.Tensor] = {}  # a batch spans at most a few epochs
+    plan = []
+    for k in range(iteration * batch, (iteration + 1) * batch):
+        epoch = k // num_images
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        plan.append((int(perms[epoch][k % num_images]), (seed * 2_654_435_761 + k * 97 + 12345) % 2**63))
+    return plan
+
+
+class PlannedBatches(Dataset):
+    """Item j is the collated batch of iteration ``start + j`` (so a DataLoader with workers keeps order)."""
+
+    def __init__(self, dataset, batch: int, seed: int, start: int, stop: int):
+        self.dataset, self.batch, self.seed, self.start, self.stop = dataset, batch, seed, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, j: int) -> dict:
+        samples = []
+        for index, aug_seed in sample_plan(len(self.dataset), self.batch, self.seed, self.start + j):
+            with torch.random.fork_rng(devices=[]):  # augmentation randomness, isolated from training
+                torch.manual_seed(aug_seed)
+                samples.append(self.dataset[index])
+        return default_collate(samples)
+
+
+# ---------------------------------------------------------------------- the run
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop log lines written after the checkpoint a resumed run starts from."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iter"] <= iteration:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def make_budget(cfg: TrainConfig, model: DynamicRoutingNet, total_cost: float) -> Budget | None:
+    """The constraint a run adds to its loss (Eq. 9-10); ``None`` without gates or without a budget."""
+    if not model.config.gated or cfg.budget in ("none", "raw"):
+        return None
+    schedule = dict(scheduled=True, total_iterations=cfg.iters)
+    if cfg.budget == "kl":
+        return SparsityBudgetLoss(cfg.kl_weight, cfg.kl_target, **schedule)
+    return BudgetLoss.from_preset(cfg.budget, total_cost, **schedule)
+
+
+def build_run(cfg: TrainConfig, device: torch.device, saved_route: dict | None = None):
+    """Model, route, optimiser, scheduler and budget loss of a run (before any checkpoint is loaded).
+
+    A resumed static route is the one saved in its checkpoint (its routes file may have changed)."""
+    info = dataset_info(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = DynamicRoutingNet(model_config(cfg, info.num_classes), drop_prob=cfg.drop_path).to(device)
+    route = Route.from_record(saved_route, model.space) if saved_route is not None else resolve_route(cfg, model)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    total_cost = model.cost_model(*(cfg.crop or info.train_crop)).routing_space_total.flops
+    return model, route, optimizer, scheduler, make_budget(cfg, model, total_cost), total_cost
+
+
+def set_gate_temperature(model: torch.nn.Module, step_rate: float) -> None:
+    """Binary ``gumbel`` gates anneal their temperature tau over training (:func:`dr.gate.gumbel_temperature`)."""
+    tau = gumbel_temperature(step_rate)
+    for module in model.modules():
+        if isinstance(module, SoftConditionalGate):
+            module.temperature = tau
+
+
+def training_step(
+    model: DynamicRoutingNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer,
+    budget,
+    iteration: int,
+    total: int,
+    clip: float,
+    route=None,
+    mode=None,
+    autocast=None,
+) -> dict:
+    """One iteration of Eq. 10, L = L_N + lambda2 * schedule(t) * L_C: forward, loss, backward,
+    gradient clipping and the SGD step. Returns the losses and the batch's mean expected cost
+    (FLOPs of the routing space, Eq. 8); raises :class:`TrainingError` if the loss is not finite."""
+    step_rate = iteration / total
+    if model.config.activation == "gumbel":
+        set_gate_temperature(model, step_rate)
+    with autocast or nullcontext():  # bf16 on CUDA
+        output = model(images, route=route, mode=mode, step_rate=step_rate)
+    seg = segmentation_loss(output.logits, labels)  # L_N
+    lc = seg.new_zeros(()) if budget is None else budget(output, iteration)  # lambda2 * schedule * L_C
+    loss = seg + lc  # Eq. 10
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss became {float(loss.detach())} at iteration {iteration + 1}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return {
+        "loss": float(loss.detach()),
+        "seg_loss": float(seg.detach()),
+        "budget_loss": float(lc.detach()),
+        "expected_cost": float(output.expected_cost.detach().float().mean()),
+        "fixed_cost": output.fixed_cost,
+    }
+
+
+def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device) -> dict | None:
+    """The checkpoint a ``--resume`` continues from (checked against ``cfg``), or ``None`` for a new run."""
+    path = out / CHECKPOINT
+    if path.exists() and not resume:
+        raise CheckpointError(
+            f"{out} already holds a run ({path}); pass --resume to continue it, "
+            "or choose another --out (nothing was changed)"
+        )
+    if not resume:
+        return None
+    if not path.exists():
+        raise CheckpointError(f"--resume: no checkpoint in {out}; start the run without --resume")
+    state = load_checkpoint(path, map_location=device)
+    if "optimizer" not in state:
+        raise CheckpointError(
+            f"{path} holds weights only (a shipped checkpoint for inspection and evaluation); "
+            "it cannot be resumed: train into another --out"
+        )
+    check_compatible(state, cfg, path)
+    return state
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train, checkpoint, evaluate; returns the final metrics (also written to ``out/metrics.json``)."""
+    check_config(cfg)
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    state = _resumable_state(cfg, out, resume, device)
+    info = dataset_info(cfg.data)
+    crop = cfg.crop or info.train_crop
+    train_set = build_dataset(
+        cfg.data, "train", root=cfg.data_root, train=True, crop=crop, seed=cfg.seed, size=cfg.train_size
+    )
+    val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
+    model, route, optimizer, scheduler, budget, total_cost = build_run(cfg, device, state and state.get("route"))
+    start, seconds = 0, 0.0
+    if state is not None:
+        load_model_state(model, state, out / CHECKPOINT)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start, seconds = int(state["iteration"]), float(state["seconds"])
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        _truncate_log(out / LOG, start)
+    else:
+        (out / LOG).write_text("")
+    seconds = _train_loop(
+        cfg,
+        out,
+        model,
+        route,
+        optimizer,
+        scheduler,
+        budget,
+        total_cost,
+        train_set,
+        device,
+        start=start,
+        seconds=seconds,
+        progress=progress,
+        resumed=resume,
+    )
+    metrics, routes = evaluate(
+        model,
+        val_set,
+        num_classes=info.num_classes,
+        class_names=info.class_names,
+        batch_size=cfg.eval_batch,
+        device=device,
+        progress=progress,
+        workers=cfg.workers,
+        route=route,
+    )
+    metrics.update(run_summary(cfg, model, route, cfg.iters, seconds, crop))
+    save_routes(routes, out / ROUTES_FILE)
+    write_json(metrics, out / METRICS)
+    return metrics
+
+
+def _train_loop(
+    cfg: TrainConfig,
+    out: Path,
+    model,
+    route,
+    optimizer,
+    scheduler,
+    budget,
+    total_cost: float,
+    train_set,
+    device,
+    *,
+    start: int,
+    seconds: float,
+    progress: bool,
+    resumed: bool,
+) -> float:
+    """Iterations ``start`` .. ``cfg.iters``: steps, log lines, checkpoints; returns the training seconds."""
+
+    def checkpoint(iteration: int) -> None:
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "iteration": iteration,
+                "seconds": seconds,
+                "rng": _rng_state(),
+                "model_config": model.config.to_dict(),
+                "train_config": cfg.to_dict(),
+                "route": None if route is None else route.to_record(),
+            },
+            out / CHECKPOINT,
+        )
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    # A static route trains with real skipping: only its paths are computed, so it trains at its
+    # own cost instead of the whole space's (drop path needs the dense forward).
+    mode = "skip" if route is not None and cfg.drop_path == 0 else None
+    batches = DataLoader(
+        PlannedBatches(train_set, cfg.batch, cfg.seed, start, cfg.iters),
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
+    )  # its own generator: the global RNG stays as checkpointed
+    model.train()
+    bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress, unit="it", dynamic_ncols=True)
+    last_saved = start if resumed else None
+    mark = time.perf_counter()  # wall time of the loop: data, forward, backward, step, logging
+    for iteration, batch in enumerate(batches, start=start):
+        try:
+            step = training_step(
+                model,
+                batch["image"].to(device, non_blocking=True),
+                batch["label"].to(device, non_blocking=True),
+                optimizer=optimizer,
+                budget=budget,
+                iteration=iteration,
+                total=cfg.iters,
+                clip=cfg.clip,
+                route=route,
+                mode=mode,
+                autocast=autocast,
+            )
+        except TrainingError as error:
+            bar.close()
+            kept = (
+                f"the last good checkpoint {out / CHECKPOINT} (iteration {last_saved}) is kept"
+                if last_saved is not None
+                else "no checkpoint had been written yet"
+            )
+            raise TrainingError(
+                f"{error}; training stopped and {kept}. Lower --lr (now {cfg.lr}) or check the data."
+            ) from None
+        scheduler.step()
+        done = iteration + 1
+        now = time.perf_counter()
+        seconds, mark = seconds + (now - mark), now
+        expected_g = (step["expected_cost"] + step["fixed_cost"]) / 1e9
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{step['seg_loss']:.3f}", budget=f"{step['budget_loss']:.4f}", gflops_exp=f"{expected_g:.3f}"
+        )
+        if done % cfg.log_every == 0 or done == cfg.iters:
+            record = {
+                "iter": done,
+                "loss": step["loss"],
+                "seg_loss": step["seg_loss"],
+                "budget_loss": step["budget_loss"],
+                "gflops_expected": expected_g,
+                "cost_fraction": step["expected_cost"] / total_cost,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+            }
+            with open(out / LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if done % cfg.checkpoint_every == 0 or done == cfg.iters:
+            checkpoint(done)
+            last_saved = done
+    bar.close()
+    return seconds
+
+
+def run_summary(
+    cfg: TrainConfig, model: DynamicRoutingNet, route: Route | None, iters: int, seconds: float, crop
+) -> dict:
+    """The training side of metrics.json."""
+    costs = model.cost_model(*crop)
+    return {
+        "iters": iters,
+        "seconds": seconds,
+        "images_per_second": iters * cfg.batch / seconds if seconds > 0 else None,
+        "preset": cfg.preset,
+        "data": cfg.data,
+        "budget": cfg.budget,
+        "route": None if route is None else route.name,
+        "route_paths": None if route is None else route.to_list(),
+        "seed": cfg.seed,
+        "batch": cfg.batch,
+        "crop": list(crop),
+        "lr": cfg.lr,
+        "activation": model.config.activation,
+        "small_gate": model.config.small_gate,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflops_routing_space_at_crop": costs.routing_space_total.flops / 1e9,
+    }
+
+
+def check_compatible(state: dict, cfg: TrainConfig, path) -> None:
+    """A checkpoint resumed or evaluated must be the run asked for (same preset, data, budget, ...)."""
+    saved = TrainConfig.from_dict(state["train_config"])
+    for f in fields(TrainConfig):
+        if f.name in TrainConfig.resumable():
+            continue
+        if getattr(saved, f.name) != getattr(cfg, f.name):
+            raise CheckpointError(
+                f"{path} was made with {flag(f.name)} {getattr(saved, f.name)}, not "
+                f"{getattr(cfg, f.name)}; resume with the same settings, or choose another --out"
+            )
