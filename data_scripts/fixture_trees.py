@@ -1,6 +1,6 @@
 """Tiny Cityscapes, PASCAL VOC 2012 and SBD trees in the real on-disk formats (tests, smoke runs).
 
-They exercise the real loaders of dr.realdata (paper Sec. 4.1 data sets) without a download:
+They exercise the real loaders of dr.data.realdata (paper Sec. 4.1 data sets) without a download:
 
 - Cityscapes: ``leftImg8bit/{train,val}/CITY/CITY_SSSSSS_FFFFFF_leftImg8bit.png`` (RGB) and, in
   ``gtFine/``, ``_gtFine_labelIds.png`` (8-bit label ids, including void ids 0..6 that map to

@@ -7,7 +7,7 @@ Expects ``DIR/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png`` (leftImg8bit_trai
 per split (2975 train, 500 val), decodes a sample of images and labels (all with --full) and checks
 that every label id is one of cityscapesscripts' table. Prints what is missing and how to get it;
 exits 1 if something is missing or wrong. The labels are mapped to trainIds when loaded
-(dr.realdata), so no conversion step is needed.
+(dr.data.realdata), so no conversion step is needed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Interactive route explorers (ipywidgets) over the plain functions of :mod:`dr.explore` and
-:mod:`dr.visualise`.
+:mod:`dr.explore.visualise`.
 
 The widgets only wire controls to rendering functions that return figures; every control's
 ``value`` can be set from code (the tests do), and :attr:`figure` / :attr:`last` hold what was
