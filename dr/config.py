@@ -51,7 +51,7 @@ class ModelConfig:
     activation: str = "tanh"  # gate activation delta, see ACTIVATIONS
     small_gate: bool = False  # gate input bilinearly down-sampled x4 (used with a budget)
     gate_bias: float = 1.5  # beta init of Eq. 2
-    gate_init: str = "small"  # F(w2) init: he | small, see GATE_INITS
+    gate_init: str = "he"  # F(w2) init: he (the paper) | small (N(0, 0.01)), see GATE_INITS
     stem_width: int | None = None  # None: same as width
 
     def __post_init__(self) -> None:

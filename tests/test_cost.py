@@ -16,10 +16,10 @@ from dr.summary import count_parameters
 @pytest.mark.parametrize(
     "config, size",
     [
-        (small_config(), (64, 96)),
+        (small_config(gate_init="small"), (64, 96)),  # w2 ~ N(0, 0.01): every path starts open
         (small_config(activation="fix", sepconv_repeats=3), (70, 50)),  # padded to 96x64
-        (small_config(small_gate=True, depth=5), (128, 128)),
-        (preset("tiny"), (128, 128)),
+        (small_config(small_gate=True, depth=5, gate_init="small"), (128, 128)),
+        (preset("tiny", gate_init="small"), (128, 128)),
     ],
 )
 def test_analytic_macs_equal_torch_flop_counter(config, size):

@@ -81,13 +81,31 @@ def test_a_network_with_plain_gates_computes_the_same_as_with_fast_ones(images):
             assert all(torch.equal(a.gates[n] > 0, b.gates[n] > 0) for n in a.gates)
 
 
-def test_fresh_gates_open_every_path():
-    """beta = 1.5 and a small w2: every alpha starts near tanh(1.5) = 0.905."""
+def test_fresh_gates_with_the_small_init_open_every_path():
+    """beta = 1.5 and a small w2 (N(0, 0.01)): every alpha starts near tanh(1.5) = 0.905."""
     torch.manual_seed(0)
-    model = DynamicRoutingNet(small_config()).train()
+    model = DynamicRoutingNet(small_config(gate_init="small")).train()
     out = model(torch.randn(2, 3, 64, 64))
     for node, alpha in out.gates.items():
         assert torch.all((alpha - 0.905).abs() < 0.05), (node, alpha)
+
+
+def test_fresh_gates_with_the_papers_init_differ_per_image_and_close_a_few_paths():
+    """He-normal w2 (the paper, the authors' code): G = beta + a term of the image's order one, so
+    alphas differ between images from the start and a few paths start closed."""
+    values = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = DynamicRoutingNet(small_config(gate_init="he")).train()
+        with torch.no_grad():
+            out = model(torch.randn(8, 3, 64, 64))
+        values.append(torch.cat([a.flatten() for a in out.gates.values()]))
+        spread = torch.stack([a.std(dim=0).mean() for a in out.gates.values()]).mean()
+        assert spread > 0.02, "alphas differ between images"
+    alphas = torch.cat(values)
+    closed = float((alphas == 0).float().mean())
+    assert 0 < closed < 0.2, closed
+    assert float(alphas[alphas > 0].mean()) > 0.6, "most paths start well open"
 
 
 def test_network_fix_has_no_gates_and_alpha_one():

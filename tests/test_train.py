@@ -20,7 +20,7 @@ from dr.cost import CostModel
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
 from dr.training.checkpoint import load_checkpoint
-from dr.training.config import TrainConfig
+from dr.training.config import TrainConfig, model_config
 from dr.training.evaluate import load_routes
 from dr.training.train import lr_factor, parameter_groups, sample_plan
 
@@ -404,3 +404,16 @@ def test_static_route_trains_the_same_with_real_skipping():
         torch.testing.assert_close(grad, grads[0][name], rtol=1e-4, atol=1e-5)
     # parameters off the route get no gradient from the sparse pass
     assert len(grads[1]) < len(list(sparse.parameters()))
+
+
+def test_the_small_gate_is_on_whenever_a_budget_is_set_unless_asked_otherwise():
+    """Sec. 3.4: "When given a budget constraint, we down-sample the input X in Eq. 2 by 4 times"."""
+    small = {
+        budget: model_config(TrainConfig(budget=budget), 6).small_gate
+        for budget in ("none", "raw", "A", "B", "C", "kl")
+    }
+    assert small == {"none": False, "raw": False, "A": True, "B": True, "C": True, "kl": True}
+    assert model_config(TrainConfig(budget="A", small_gate=False), 6).small_gate is False
+    assert model_config(TrainConfig(budget="raw", small_gate=True), 6).small_gate is True
+    assert model_config(TrainConfig(), 6).gate_init == "he"
+    assert model_config(TrainConfig(gate_init="small"), 6).gate_init == "small"

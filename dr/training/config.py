@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import torch
 
 from dr.budget import BUDGETS
-from dr.config import GATED_ACTIVATIONS, PRESETS, ConfigError, ModelConfig, parse_size, preset
+from dr.config import GATE_INITS, GATED_ACTIVATIONS, PRESETS, ConfigError, ModelConfig, parse_size, preset
 from dr.data import DATASETS
 from dr.routes import ROUTES, RouteError
 
@@ -68,7 +68,10 @@ class TrainConfig:
     drop_path: float = option(0.0, "Scheduled Drop Path probability p (Table 5); 0 = off")
     gate_lr: float = option(1.0, "learning-rate multiplier of the gates")
     activation: str = option("tanh", "gate activation (Table 3): tanh | sigmoid | softmax | gumbel (binary)")
-    small_gate: bool = option(False, "gates on 4x down-sampled features (cheaper)")
+    small_gate: bool | None = option(
+        None, "gates on 4x down-sampled features (cheaper); None: on whenever a budget is set, as the paper does"
+    )
+    gate_init: str = option("he", "init of the gate's last conv: he (He-normal, the paper) | small (N(0, 0.01))")
     sepconv_repeats: int | None = option(None, "SepConv3x3 stacked per cell (Table 2); None: the preset's (2)")
     seed: int = option(0, "seed of the weights, the data order and the augmentation")
     train_size: int | None = option(None, "synthetic data: images in the train split; None: 6000")
@@ -124,6 +127,7 @@ def check_config(cfg: TrainConfig) -> None:
     _check_choice("budget", cfg.budget, BUDGET_CHOICES, "budget")
     _check_choice("activation", cfg.activation, GATED_ACTIVATIONS, "gate activation")
     _check_choice("device", cfg.device, DEVICES, "device")
+    _check_choice("gate_init", cfg.gate_init, GATE_INITS, "gate init")
     if cfg.route is not None and cfg.route not in ROUTES and not cfg.route.endswith(".json"):
         raise RouteError(
             f"unknown route {cfg.route!r}; choose one of {', '.join(ROUTES)} or pass a routes.json "
@@ -153,7 +157,13 @@ def check_config(cfg: TrainConfig) -> None:
 def model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
     """The network a run trains: the preset, with the data set's classes and the gate settings."""
     static = cfg.route is not None or cfg.budget == "none"
-    overrides = dict(num_classes=num_classes, activation="fix" if static else cfg.activation, small_gate=cfg.small_gate)
+    small_gate = cfg.budget not in ("none", "raw") if cfg.small_gate is None else cfg.small_gate
+    overrides = dict(
+        num_classes=num_classes,
+        activation="fix" if static else cfg.activation,
+        small_gate=small_gate,
+        gate_init=cfg.gate_init,
+    )
     if cfg.sepconv_repeats is not None:
         overrides["sepconv_repeats"] = cfg.sepconv_repeats
     return preset(cfg.preset, **overrides)

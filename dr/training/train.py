@@ -225,7 +225,8 @@ def training_step(
 ) -> dict:
     """One iteration of Eq. 10, L = L_N + lambda2 * schedule(t) * L_C: forward, loss, backward,
     gradient clipping and the SGD step. Returns the losses and the batch's mean expected cost
-    (FLOPs of the routing space, Eq. 8); raises :class:`TrainingError` if the loss is not finite."""
+    (FLOPs of the routing space, Eq. 8) and share of closed gates (alpha = 0); raises
+    :class:`TrainingError` if the loss is not finite."""
     step_rate = iteration / total
     if model.config.activation == "gumbel":
         set_gate_temperature(model, step_rate)
@@ -240,12 +241,14 @@ def training_step(
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
+    alphas = torch.cat([alpha.detach().flatten() for alpha in output.gates.values()])
     return {
         "loss": float(loss.detach()),
         "seg_loss": float(seg.detach()),
         "budget_loss": float(lc.detach()),
         "expected_cost": float(output.expected_cost.detach().float().mean()),
         "fixed_cost": output.fixed_cost,
+        "closed_share": float((alphas == 0).float().mean()),
     }
 
 
@@ -421,6 +424,7 @@ def _train_loop(
                 "budget_loss": step["budget_loss"],
                 "gflops_expected": expected_g,
                 "cost_fraction": step["expected_cost"] / total_cost,
+                "closed_share": step["closed_share"],
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3),
             }
