@@ -1,0 +1,151 @@
+"""Do routes adapt to object scale? The paper's premise (Fig. 1), measured.
+
+Fig. 1 illustrates that an image of small objects should take a route that keeps high resolution
+(its details live at 1/4 and 1/8) and an image of large objects one that can leave them early.
+Per image we take
+
+- its object size (the data set's ``size``: for the embedded data, the area-weighted mean object
+  diameter in pixels), and
+- its route's *fine share*: of the paths it opens, the share that leave a 1/4 or a 1/8 node,
+
+and report Spearman's rank correlation rho between the two over a validation set, with a two-sided
+permutation p-value (the fine shares shuffled over the images) and the number of images. The
+premise predicts rho < 0: the smaller the objects, the finer the route.
+
+``python -m dr adaptation --checkpoint C [--json]`` runs it on a trained network; the functions
+take any per-image routes (a ``router`` gives hand-made ones, which is how the tests check that
+the statistic finds a dependence that is there and none that is not).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from dr.routes import Route
+from dr.space import Path
+
+#: scale indices whose outgoing paths count as fine: 1/4 and 1/8
+FINE_SCALES = (0, 1)
+
+
+def fine_share(open_paths: Iterable[Path]) -> float:
+    """Of the open paths, the share that leave a 1/4 or 1/8 node (NaN without open paths)."""
+    paths = list(open_paths)
+    return sum(p.scale in FINE_SCALES for p in paths) / len(paths) if paths else math.nan
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    result = np.empty(len(values))
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            result[order[start:end]] = (start + end + 1) / 2  # the mean of ranks start+1 .. end
+            start = end
+    return result
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks (NaN if either is constant)."""
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return float(rx @ ry) / norm if norm > 0 else math.nan
+
+
+def spearman_test(
+    x: Sequence[float], y: Sequence[float], *, permutations: int = 10000, seed: int = 0
+) -> tuple[float, float]:
+    """rho and its two-sided permutation p-value: the share of shuffles of ``y`` whose |rho| is at
+    least the observed one, counting the observed order (so p >= 1 / (permutations + 1))."""
+    rho = spearman(x, y)
+    if math.isnan(rho):
+        return rho, 1.0
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, permutations, 1000):  # 1000 shuffles at a time: (k, n) index matrices
+        k = min(1000, permutations - start)
+        shuffled = ry[rng.permuted(np.tile(np.arange(len(ry)), (k, 1)), axis=1)]
+        hits += int((np.abs(shuffled @ rx) / norm >= abs(rho) - 1e-12).sum())
+    return rho, (hits + 1) / (permutations + 1)
+
+
+@torch.no_grad()
+def route_records(
+    model, dataset, *, batch: int = 16, router: Callable[[dict], Route] | None = None, progress: bool = False
+) -> list[dict]:
+    """Per image of ``dataset``: name, regime, object size, real GFLOPs and open paths, from the
+    skipping inference of ``model``. ``router(sample)`` restricts each image to a route of its own."""
+    if len(dataset) == 0:
+        raise ValueError("the data set is empty: no image to measure")
+    first = dataset[0]
+    if "size" not in first:
+        raise ValueError(
+            "this data set records no object size per image ('size'); the adaptation "
+            "statistic needs one: use the embedded data (--data synthetic)"
+        )
+    model.eval()
+    records = []
+    indices = range(0, len(dataset), batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc="routes", unit="batch", leave=False)
+    for start in indices:
+        samples = [dataset[i] for i in range(start, min(len(dataset), start + batch))]
+        images = torch.stack([s["image"] for s in samples])
+        route = [router(s) for s in samples] if router is not None else None
+        out = model(images, route=route, mode="skip")
+        for i, sample in enumerate(samples):
+            records.append(
+                {
+                    "name": sample["name"],
+                    "regime": sample["regime"],
+                    "size": float(sample["size"]),
+                    "gflops": float(out.total_real_cost[i]) / 1e9,
+                    "open": out.open_paths(i),
+                }
+            )
+    return records
+
+
+def adaptation(records: Sequence[dict], *, permutations: int = 10000, seed: int = 0) -> dict:
+    """rho (object size against fine share), its permutation p-value and the number of images, with
+    the mean size and fine share per regime and the number of distinct routes. ``records`` hold per
+    image ``size``, ``regime``, ``gflops`` and ``open`` (its open paths), as :func:`route_records`
+    returns them; an image with no open path at all has no fine share and is left out."""
+    sizes = [r["size"] for r in records]
+    shares = [fine_share(r["open"]) for r in records]
+    kept = [i for i, f in enumerate(shares) if not math.isnan(f)]  # an image with no open path has no share
+    rho, p = spearman_test([sizes[i] for i in kept], [shares[i] for i in kept], permutations=permutations, seed=seed)
+    regimes = sorted({r["regime"] for r in records if r.get("regime")})
+    by_regime = {
+        g: {
+            "images": sum(r["regime"] == g for r in records),
+            "size": float(np.mean([s for s, r in zip(sizes, records) if r["regime"] == g])),
+            "fine_share": float(np.nanmean([f for f, r in zip(shares, records) if r["regime"] == g])),
+        }
+        for g in regimes
+    }
+    return {
+        "rho": rho,
+        "p_value": p,
+        "n_images": len(kept),
+        "without_open_paths": len(records) - len(kept),
+        "permutations": permutations,
+        "distinct_routes": len({frozenset(r["open"]) for r in records}),
+        "by_regime": by_regime,
+        "per_image": [
+            {"name": r["name"], "regime": r["regime"], "size": s, "fine_share": f, "gflops": r["gflops"]}
+            for r, s, f in zip(records, sizes, shares)
+        ],
+    }

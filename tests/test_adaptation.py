@@ -1,0 +1,102 @@
+"""The adaptation statistic (Fig. 1's premise): Spearman's rho of object size against the route's
+fine share, with a permutation p-value. It must find a dependence that is there and none that is not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_config
+
+from dr.explore.adaptation import adaptation, fine_share, ranks, route_records, spearman, spearman_test
+from dr.model import DynamicRoutingNet
+from dr.routes import named_route
+from dr.space import Path
+
+
+def test_ranks_share_ties_and_spearman_is_the_textbook_formula():
+    assert ranks(np.array([10.0, 30.0, 20.0, 20.0])).tolist() == [1.0, 4.0, 2.5, 2.5]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=50), rng.normal(size=50)
+    d = ranks(x) - ranks(y)
+    assert spearman(x, y) == pytest.approx(1 - 6 * float(d @ d) / (50 * (50**2 - 1)))  # no ties
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
+
+
+def test_fine_share_counts_paths_out_of_1_4_and_1_8():
+    paths = [Path(0, 0, "keep"), Path(1, 1, "down"), Path(2, 2, "keep"), Path(3, 3, "up")]
+    assert fine_share(paths) == 0.5
+    assert math.isnan(fine_share([]))
+
+
+def test_the_permutation_test_finds_a_dependence_and_only_a_real_one():
+    rng = np.random.default_rng(1)
+    size = rng.uniform(10, 150, 200)
+    dependent = 0.9 - size / 300 + rng.normal(0, 0.1, 200)  # finer routes for smaller objects
+    independent = rng.uniform(0.3, 0.9, 200)
+    rho, p = spearman_test(size, dependent, permutations=2000)
+    assert rho < -0.5 and p < 0.01
+    rho, p = spearman_test(size, independent, permutations=2000)
+    assert abs(rho) < 0.2 and p > 0.05
+    assert spearman_test(size, np.full(200, 0.5)) == (pytest.approx(math.nan, nan_ok=True), 1.0)
+    assert spearman_test(size[:30], dependent[:30], permutations=99)[1] >= 1 / 100
+
+
+class SizedImages(torch.utils.data.Dataset):
+    """Random images, each with an object size; half of them 'small', half 'large'."""
+
+    def __init__(self, n: int = 48, sizes=None):
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, 3, 64, 64, generator=generator)
+        self.sizes = sizes or torch.linspace(8, 120, n)[torch.randperm(n, generator=generator)].tolist()
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, i):
+        return {
+            "image": self.images[i],
+            "name": f"img{i}",
+            "size": self.sizes[i],
+            "regime": "small" if self.sizes[i] < 64 else "large",
+        }
+
+
+@pytest.fixture(scope="module")
+def network():
+    torch.manual_seed(0)
+    return DynamicRoutingNet(small_config(depth=4, gate_init="small")).eval()  # every gate open: routes decide
+
+
+def test_a_network_routed_by_size_by_hand_adapts(network):
+    fine, coarse = named_route("hrnetv2", network.space), named_route("fcn32s", network.space)
+    assert fine_share(fine.paths) > fine_share(coarse.paths)
+    records = route_records(network, SizedImages(), batch=16, router=lambda s: fine if s["size"] < 64 else coarse)
+    result = adaptation(records, permutations=2000)
+    assert result["n_images"] == 48 and result["distinct_routes"] == 2
+    assert result["rho"] < -0.8 and result["p_value"] < 0.01
+    assert result["by_regime"]["small"]["fine_share"] > result["by_regime"]["large"]["fine_share"]
+
+
+def test_a_network_routed_regardless_of_size_does_not(network):
+    """Four routes, and each of twelve object sizes taken by four images, one on each route."""
+    routes = [named_route(n, network.space) for n in ("hrnetv2", "fcn32s", "unet", "deeplabv3")]
+    images = SizedImages(48, sizes=[8.0 + 10 * (i // 4) for i in range(48)])
+    records = route_records(network, images, batch=16, router=lambda s: routes[int(s["name"][3:]) % 4])
+    result = adaptation(records, permutations=2000)
+    assert result["distinct_routes"] == 4
+    assert abs(result["rho"]) < 1e-9 and result["p_value"] > 0.5
+
+
+def test_a_data_set_without_object_sizes_is_a_clear_error(network):
+    class NoSize(SizedImages):
+        def __getitem__(self, i):
+            sample = super().__getitem__(i)
+            del sample["size"]
+            return sample
+
+    with pytest.raises(ValueError, match="records no object size"):
+        route_records(network, NoSize(4))
