@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="the reproduction study: train every row on several seeds, write results and figures"
     )
     st.add_argument("--out", default="runs/study", help="folder of the study's runs (default runs/study)")
-    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
     st.add_argument("--iters", type=int, help="iterations per run (default 800; --fast: 6)")
     st.add_argument("--only", nargs="+", help="train only these rows (names as in dr.study.grid.VARIANTS)")
     st.add_argument("--fast", action="store_true", help="a reduced grid on tiny data (CI smoke run)")

@@ -13,9 +13,18 @@ import torch
 from dr.data import build_dataset
 from dr.study.grid import SHIPPED, TABLES, VARIANTS, planned_runs
 from dr.study.report import readme_tables, verdict_table
-from dr.study.statistics import compare as _compare
-from dr.study.statistics import permutation_p
-from dr.study.statistics import summary as _stats
+from dr.study.statistics import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SUPPORTED,
+    paired_difference,
+    permutation_p,
+    summary,
+    t_975,
+    verdict_all,
+    verdict_greater,
+    verdict_not_greater,
+)
 from dr.study.verdicts import verdicts
 from dr.training.checkpoint import load_checkpoint, model_from_checkpoint
 from dr.training.evaluate import evaluate
@@ -24,27 +33,41 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "reproduction.json"
 
 
-def test_stats_and_comparison_rule():
-    s = _stats([0.20, 0.22, 0.24])
+def test_summary_and_the_95_percent_interval_of_a_paired_difference():
+    s = summary([0.20, 0.22, 0.24])
     assert s["mean"] == pytest.approx(0.22) and s["std"] == pytest.approx(0.02) and s["n"] == 3
-    rows = {
-        "a": {"miou": _stats([0.30, 0.31, 0.32])},
-        "b": {"miou": _stats([0.20, 0.21, 0.22])},
-        "c": {"miou": _stats([0.295, 0.32, 0.335])},
-    }
-    outcome, diff, se = _compare(rows, "a", "b")
-    assert outcome == "greater" and diff == pytest.approx(0.10) and se == pytest.approx(np.sqrt(2 * 0.01**2 / 3))
-    assert _compare(rows, "c", "a")[0] == "tie"  # 0.0033 apart with spread 0.02: within one standard error
-    assert _compare(rows, "b", "a")[0] == "smaller"
-    # paired by seed: a shared seed effect cancels, so a small but consistent gain counts
-    paired = {
-        "x": {"miou": _stats([0.20, 0.26, 0.23]), "miou_per_seed": {"0": 0.20, "1": 0.26, "2": 0.23}},
-        "y": {"miou": _stats([0.19, 0.25, 0.22]), "miou_per_seed": {"0": 0.19, "1": 0.25, "2": 0.22}},
-    }
-    outcome, diff, se = _compare(paired, "x", "y")
-    assert outcome == "greater" and diff == pytest.approx(0.01) and se == pytest.approx(0.0, abs=1e-12)
-    del paired["y"]["miou_per_seed"]  # unpaired, the same numbers are a tie
-    assert _compare(paired, "x", "y")[0] == "tie"
+    assert t_975(1) == 12.706 and t_975(4) == 2.776 and t_975(35) == 2.042 and t_975(1000) == 1.96
+    a = {"0": 0.30, "1": 0.36, "2": 0.33, "3": 0.35}
+    b = {"0": 0.28, "1": 0.33, "2": 0.32, "3": 0.32, "4": 0.50}  # seed 4 is not shared: left out
+    diff = paired_difference(a, b)
+    d = np.array([0.02, 0.03, 0.01, 0.03])
+    half = 3.182 * d.std(ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4)
+    assert diff.n == 4 and diff.seeds == ("0", "1", "2", "3")
+    assert diff.mean == pytest.approx(d.mean()) and diff.low == pytest.approx(d.mean() - half)
+    assert diff.high == pytest.approx(d.mean() + half)
+    assert paired_difference({"0": 1.0}, {"0": 0.5}) is None  # one shared seed: no interval
+
+
+def test_a_verdict_of_each_kind_from_made_up_rows():
+    """Five seeds each; the seed effect (shared by both rows) cancels in the paired difference."""
+    seed_effect = [0.00, 0.04, -0.03, 0.02, -0.01]
+
+    def row(offset, noise):
+        return {str(s): 0.70 + offset + seed_effect[s] + noise[s] for s in range(5)}
+
+    base = row(0.0, [0.0] * 5)
+    better = row(0.01, [0.002, -0.002, 0.001, 0.0, -0.001])  # +1 point, every seed
+    worse = row(-0.01, [0.002, -0.002, 0.001, 0.0, -0.001])  # -1 point, every seed
+    mixed = row(0.0, [0.02, -0.02, 0.01, -0.015, 0.005])  # sometimes better, sometimes worse
+    assert verdict_greater(paired_difference(better, base)) == SUPPORTED
+    assert verdict_greater(paired_difference(worse, base)) == CONTRADICTED
+    assert verdict_greater(paired_difference(mixed, base)) == INCONCLUSIVE
+    assert verdict_greater(paired_difference(better, base), margin=0.05) == CONTRADICTED  # not by 5 points
+    assert verdict_not_greater(paired_difference(mixed, base), 0.005) == INCONCLUSIVE
+    assert verdict_not_greater(paired_difference(worse, base), 0.005) == SUPPORTED
+    assert verdict_not_greater(paired_difference(better, base), 0.005) == CONTRADICTED
+    assert verdict_all([SUPPORTED, SUPPORTED]) == SUPPORTED and verdict_all([SUPPORTED, INCONCLUSIVE]) == INCONCLUSIVE
+    assert verdict_all([SUPPORTED, CONTRADICTED]) == CONTRADICTED
 
 
 def test_permutation_test_separates_shifted_samples_only():
@@ -55,39 +78,49 @@ def test_permutation_test_separates_shifted_samples_only():
     assert permutation_p(same[:40], same[40:], rounds=2000) > 0.05
 
 
-def _row(miou, gflops, spread=0.0):
-    return {
-        "miou": _stats([miou - spread, miou, miou + spread]),
-        "gflops_avg": _stats([gflops] * 3),
-        "gflops_max": _stats([gflops * 1.05] * 3),
-        "gflops_min": _stats([gflops * 0.95] * 3),
+def _row(miou, gflops, group="dynamic", noise=(0.001, -0.001, 0.002, -0.002, 0.0)):
+    per_seed = {
+        "miou": {str(s): miou + n for s, n in enumerate(noise)},
+        "gflops_avg": {str(s): gflops * (1 + n) for s, n in enumerate(noise)},
+        "cost_spread": {str(s): 0.1 + n for s, n in enumerate(noise)},
     }
+    return {"group": group, "per_seed": per_seed, **{k: summary(list(v.values())) for k, v in per_seed.items()}}
 
 
-def test_verdicts_follow_their_rules():
+def test_the_study_verdicts_follow_their_rules():
     rows = {
-        "Network-Fix": _row(0.24, 0.033, 0.002),
-        "Dynamic-Raw": _row(0.25, 0.037, 0.002),
-        "Dynamic-A": _row(0.22, 0.025, 0.002),
-        "Dynamic-B": _row(0.23, 0.028, 0.002),
-        "Dynamic-C": _row(0.24, 0.030, 0.002),
-        "Softmax": _row(0.26, 0.037, 0.002),
+        "Network-Fix": _row(0.74, 0.033, "fix"),
+        "Dynamic-Raw": _row(0.76, 0.037),
+        "Dynamic-A": _row(0.72, 0.025),
+        "Dynamic-B": _row(0.73, 0.028),
+        "Dynamic-C": _row(0.74, 0.030),
+        "Softmax": _row(0.78, 0.037, "activation"),
+        "FCN-32s": _row(0.66, 0.012, "static"),
+        "U-Net": _row(0.75, 0.035, "static"),
+        "Sigmoid": _row(0.76, 0.037, "activation", noise=(0.02, -0.02, 0.01, -0.01, 0.0)),
     }
-    found = {v["claim"]: v for v in verdicts(rows, {}, {})}
-    assert found["Dynamic-Raw is more accurate than Network-Fix"]["verdict"] == "reproduced"
-    assert found["Stronger budgets give cheaper networks: cost A < B < C < Raw"]["verdict"] == "reproduced"
-    assert found["Stronger budgets cost accuracy: mIoU A < B < C < Raw"]["verdict"] == "reproduced"
-    assert found["Dynamic-C beats Network-Fix in accuracy and cost"]["verdict"] == "reproduced"  # a tie, cheaper
-    assert found["max(0, tanh) is more accurate than softmax gates"]["verdict"] == "not reproduced"
-    assert "Dynamic-A is more accurate than the FCN-32s route" not in found  # no row, no verdict
+    found = {v["claim"]: v for v in verdicts(rows, {}, {}, {})}
+    kind = {claim: v["verdict"] for claim, v in found.items()}
+    assert kind["Dynamic-Raw is more accurate than Network-Fix"] == SUPPORTED
+    assert kind["Stronger budgets give cheaper networks: cost A < B < C < Raw"] == SUPPORTED
+    assert kind["Stronger budgets cost accuracy: mIoU A < B < C < Raw"] == SUPPORTED
+    assert kind["Dynamic-C beats Network-Fix in accuracy and cost"] == SUPPORTED  # as accurate, cheaper
+    assert kind["max(0, tanh) is more accurate than softmax gates"] == CONTRADICTED
+    assert kind["max(0, tanh) is more accurate than sigmoid gates"] == INCONCLUSIVE
+    assert kind["Dynamic-A is more accurate than FCN-32s, which costs no more"] == SUPPORTED  # cost-matched
+    assert "Dynamic-A is more accurate than U-Net, which costs no more" not in kind  # U-Net costs more
+    assert kind["Dynamic-A is more accurate than the U-Net route"] == CONTRADICTED  # the paper's claim, as stated
+    assert "Dynamic-A is more accurate than the HRNetV2 route" not in found  # no row, no verdict
+    assert kind["Dynamic-A: the cost varies little between images (max - min about 10% of the mean)"] == SUPPORTED
+    assert all(v["rule"] and (v["interval"] is None or v["interval"]["n"] == 5) for v in found.values())
     table = verdict_table({"verdicts": list(found.values())})
-    assert table.count("\n") == len(found) + 1 and "**not reproduced**" in table
+    assert "**contradicted**" in table and "**inconclusive**" in table and "1. supported if the 95%" in table
 
 
 def test_grid_plan_runs_table1_on_every_seed_and_common_networks_after_their_source():
     plan = planned_runs(VARIANTS, (0, 1, 2), secondary_seeds=1)
-    table1 = [n for n in TABLES["table1"]]
-    assert all(sum(v.name == n for v, _ in plan) == 3 for n in table1)
+    every_seed = [*TABLES["table1"], *TABLES["calibration"], *TABLES["init"]]
+    assert all(sum(v.name == n for v, _ in plan) == 3 for n in every_seed)
     assert all(sum(v.name == n for v, _ in plan) == 1 for n in ("Softmax", "SepConv x3", "Hard + KL"))
     order = [(v.name, s) for v, s in plan]
     for x in "ABC":

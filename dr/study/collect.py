@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from pathlib import Path as FilePath
@@ -11,15 +12,17 @@ import torch
 
 from dr.bench.latency import trained_latency
 from dr.data.synthetic import REGIMES, SyntheticShapes
+from dr.explore.adaptation import adaptation
 from dr.explore.analysis import gate_values, scale_shares
 from dr.explore.runs import load_run
 from dr.explore.visualise import gate_histogram
 from dr.study.grid import FAST_VARIANTS, ITERS, PAPER, SEEDS, TABLES, VARIANTS, run_dir
-from dr.study.statistics import permutation_p, summary
+from dr.study.statistics import paired_difference, summary
 from dr.study.verdicts import verdicts
 from dr.summary import route_parameters
 from dr.training.checkpoint import CHECKPOINT, METRICS, ROUTES_FILE
 from dr.training.evaluate import load_routes
+from dr.training.metrics import ConfusionMatrix
 
 
 def _params_m(folder: FilePath) -> float:
@@ -29,38 +32,48 @@ def _params_m(folder: FilePath) -> float:
     return sum(p.numel() for p in run.model.parameters()) / 1e6
 
 
+#: per-seed keys of a row: the metrics, per regime mIoU and object IoU, and the cost spread
+ROW_KEYS = ("miou", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "seconds")
+
+
 def collect_rows(out, seeds, variants=VARIANTS) -> dict:
-    """Per row: the per-seed metrics and their mean / std / min / max."""
+    """Per row: the value of every metric per seed (``per_seed[key][seed]``, for paired comparisons)
+    and its mean / std / min / max over seeds."""
     rows = {}
     for v in variants:
         folders = [run_dir(out, v.name, s) for s in seeds]
         done = [(f, json.loads((f / METRICS).read_text())) for f in folders if (f / METRICS).exists()]
         if not done:
             continue
-        metrics = [m for _, m in done]
+        per_seed: dict[str, dict[str, float]] = {}
+        for _, m in done:
+            values = {key: m[key] for key in ROW_KEYS}
+            values["cost_spread"] = (m["gflops_max"] - m["gflops_min"]) / m["gflops_avg"]
+            for regime in REGIMES:
+                values[f"miou_{regime}"] = m["miou_by_regime"].get(regime)
+                values[f"object_iou_{regime}"] = m["object_iou_by_regime"].get(regime)
+            for key, value in values.items():
+                if value is not None:
+                    per_seed.setdefault(key, {})[str(m["seed"])] = value
         row = {
             "group": v.group,
-            "seeds": [m["seed"] for m in metrics],
+            "seeds": [m["seed"] for _, m in done],
             "overrides": v.overrides,
             "common_of": v.common_of,
             "paper_miou": PAPER.get(v.name, (None, None))[0],
             "paper_gflops": PAPER.get(v.name, (None, None))[1],
             "params_m": _params_m(done[0][0]),
+            "per_seed": per_seed,
         }
-        for key in ("miou", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "seconds"):
-            row[key] = summary([m[key] for m in metrics])
-        row["miou_per_seed"] = {str(m["seed"]): m["miou"] for m in metrics}  # for paired comparisons
-        for regime in REGIMES:
-            row[f"miou_{regime}"] = summary([m["miou_by_regime"].get(regime) for m in metrics])
-            row[f"object_iou_{regime}"] = summary([m["object_iou_by_regime"].get(regime) for m in metrics])
+        row |= {key: summary(list(values.values())) for key, values in per_seed.items()}
         rows[v.name] = row
     return rows
 
 
-def scale_analysis(out, seeds, names=("Dynamic-Raw", "Dynamic-A", "Dynamic-B", "Dynamic-C")) -> dict:
-    """Fig. 1: per model, share of paths open out of each scale by regime (mean over seeds), the
-    real cost by regime, and per seed a permutation test of small against large images on the
-    *fine share* (the part of an image's open paths that leave a 1/4-scale node)."""
+def adaptation_analysis(out, seeds, names) -> dict:
+    """Fig. 1, per model and seed: Spearman's rho of object size against the route's fine share
+    with its permutation p-value (:mod:`dr.explore.adaptation`), the distinct routes, and the share
+    of paths open out of each scale per regime (mean over seeds)."""
     result = {}
     for name in names:
         per_seed = []
@@ -69,30 +82,80 @@ def scale_analysis(out, seeds, names=("Dynamic-Raw", "Dynamic-A", "Dynamic-B", "
             if not path.exists():
                 continue
             space, records, routes = load_routes(path)
+            if not all("size" in r for r in records):
+                continue
+            measured = adaptation([r | {"open": o} for r, o in zip(records, routes)])
             shares = np.array([scale_shares(space, r) for r in routes])  # (images, 4)
-            # the fine share: of the paths an image opens, the part that leaves a 1/4-scale node
-            fine = np.array([sum(p.scale == 0 for p in r) / max(1, len(r)) for r in routes])
             regimes = np.array([r["regime"] for r in records])
-            gflops = np.array([r["gflops"] for r in records])
-            small, large = fine[regimes == "small"], fine[regimes == "large"]
             per_seed.append(
                 {
                     "seed": seed,
+                    **{k: measured[k] for k in ("rho", "p_value", "n_images", "distinct_routes", "by_regime")},
                     "usage": {g: np.nanmean(shares[regimes == g], axis=0).tolist() for g in REGIMES},
-                    "fine_share": {g: float(fine[regimes == g].mean()) for g in REGIMES},
-                    "gflops": {g: float(gflops[regimes == g].mean()) for g in REGIMES},
-                    "fine_small_minus_large": float(small.mean() - large.mean()),
-                    "p_value": permutation_p(small, large),
-                    "distinct_routes": len({frozenset(r) for r in routes}),
                 }
             )
         if per_seed:
             result[name] = {
                 "usage": {g: np.mean([s["usage"][g] for s in per_seed], axis=0).tolist() for g in REGIMES},
-                "fine_share": {g: statistics.fmean(s["fine_share"][g] for s in per_seed) for g in REGIMES},
-                "gflops": {g: statistics.fmean(s["gflops"][g] for s in per_seed) for g in REGIMES},
+                "fine_share": {g: statistics.fmean(s["by_regime"][g]["fine_share"] for s in per_seed) for g in REGIMES},
+                "rho": statistics.fmean(s["rho"] for s in per_seed),
                 "per_seed": per_seed,
             }
+    return result
+
+
+def _pooled_miou(confusions: list[list[list[int]]]) -> float:
+    """mIoU of the sum of some confusion matrices (classes absent from all left out)."""
+    matrix = ConfusionMatrix(len(confusions[0]))
+    matrix.matrix = torch.tensor(confusions, dtype=torch.int64).sum(dim=0)
+    return matrix.miou()
+
+
+def oracle_analysis(out, seeds, rows: dict, caps: dict[str, float]) -> dict:
+    """The per-regime oracle: one static network per image regime (the best such assignment, by its
+    mean mIoU over seeds, whose mean cost over the balanced regimes is within a cap) against the best
+    single static network within the same cap, paired by seed. Static networks: the static routes,
+    the common networks and Network-Fix. The regimes' confusion matrices are pooled exactly."""
+    statics = [n for n, r in rows.items() if r["group"] in ("static", "calibration", "common", "fix")]
+    confusion: dict[str, dict[str, dict]] = {}  # name -> seed -> regime -> matrix
+    for name in statics:
+        for seed in seeds:
+            path = run_dir(out, name, seed) / METRICS
+            if path.exists():
+                confusion.setdefault(name, {})[str(seed)] = json.loads(path.read_text())["confusion_by_regime"]
+    shared = sorted(set.intersection(*(set(c) for c in confusion.values())), key=int) if confusion else []
+    if len(shared) < 2:
+        return {}
+    cost = {n: rows[n]["gflops_avg"]["mean"] for n in confusion}
+
+    def miou_per_seed(choice: dict[str, str]) -> dict[str, float]:
+        return {s: _pooled_miou([confusion[choice[g]][s][g] for g in REGIMES]) for s in shared}
+
+    result = {"statics": sorted(confusion), "seeds": shared, "by_cap": {}}
+    for cap_name, cap in caps.items():
+        affordable = [n for n in confusion if cost[n] <= cap]
+        if not affordable:
+            continue
+        single = {n: miou_per_seed(dict.fromkeys(REGIMES, n)) for n in affordable}
+        best_single = max(single, key=lambda n: statistics.fmean(single[n].values()))
+        best_choice, best_oracle = None, None
+        for combo in itertools.product(affordable, repeat=len(REGIMES)):
+            if statistics.fmean(cost[n] for n in combo) > cap:
+                continue
+            values = miou_per_seed(dict(zip(REGIMES, combo)))
+            if best_oracle is None or statistics.fmean(values.values()) > statistics.fmean(best_oracle.values()):
+                best_choice, best_oracle = dict(zip(REGIMES, combo)), values
+        diff = paired_difference(best_oracle, single[best_single])
+        result["by_cap"][cap_name] = {
+            "cap_gflops": cap,
+            "choice": best_choice,
+            "oracle_miou": statistics.fmean(best_oracle.values()),
+            "oracle_gflops": statistics.fmean(cost[best_choice[g]] for g in REGIMES),
+            "best_static": best_single,
+            "best_static_miou": statistics.fmean(single[best_single].values()),
+            "best_static_gflops": cost[best_single],
+            "difference": None if diff is None else diff.to_dict(),
+        }
     return result
 
 
@@ -103,7 +166,7 @@ def gate_histograms(
     over ``images`` validation images and every seed's checkpoint."""
     result = {}
     for name in names:
-        values = []
+        values, closed = [], {}
         for seed in seeds:
             folder = run_dir(out, name, seed)
             if (folder / CHECKPOINT).exists():
@@ -111,8 +174,12 @@ def gate_histograms(
                 val = SyntheticShapes("val", seed=seed, size=run.config.val_size)
                 batch = torch.stack([val[i]["image"] for i in range(min(images, len(val)))])
                 values.append(gate_values(run.model, batch))
+                closed[str(seed)] = float((values[-1] == 0).mean())
         if values:
-            result[name] = gate_histogram(np.concatenate(values), bins=bins) | {"seeds": len(values)}
+            result[name] = gate_histogram(np.concatenate(values), bins=bins) | {
+                "seeds": len(values),
+                "closed_per_seed": closed,
+            }
     return result
 
 
@@ -142,12 +209,11 @@ def collect(out, *, seeds=SEEDS, iters: int = ITERS, fast: bool = False, latency
     out = FilePath(out)
     variants = [v for v in VARIANTS if not fast or v.name in FAST_VARIANTS]
     rows = collect_rows(out, seeds, variants)
-    scales = scale_analysis(
-        out, seeds, [n for n in ("Dynamic-Raw", "Dynamic-A", "Dynamic-B", "Dynamic-C") if n in rows]
-    )
-    gates = gate_histograms(
-        out, seeds, [n for n in ("Dynamic-Raw", "Dynamic-A", "Dynamic-B", "Dynamic-C") if n in rows]
-    )
+    gated = [n for n, r in rows.items() if r["group"] in ("dynamic", "init")]
+    fig1 = adaptation_analysis(out, seeds, gated)
+    gates = gate_histograms(out, seeds, [n for n in gated if rows[n]["group"] == "dynamic"])
+    caps = {n: rows[n]["gflops_avg"]["mean"] for n in ("Dynamic-A", "Dynamic-B", "Dynamic-C") if n in rows}
+    oracle = oracle_analysis(out, seeds, rows, caps)
     speed = latency(out, seeds[0], images=4 if fast else latency_images, rounds=1 if fast else 3)
     tables = {t: [n for n in names if n in rows] for t, names in TABLES.items()}
     table1 = [
@@ -171,8 +237,9 @@ def collect(out, *, seeds=SEEDS, iters: int = ITERS, fast: bool = False, latency
         "rows": rows,
         "tables": tables,
         "table1": table1,
-        "fig1": scales,
+        "fig1": fig1,
         "fig5": gates,
+        "oracle": oracle,
         "latency": speed,
-        "verdicts": verdicts(rows, scales, gates),
+        "verdicts": verdicts(rows, gates, fig1, oracle),
     }

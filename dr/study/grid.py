@@ -22,7 +22,7 @@ from dr.training.checkpoint import ROUTES_FILE
 from dr.training.config import TrainConfig
 
 ITERS = 800
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class Variant:
     """One row of the study: a name, a group and the training settings that differ from the tutorial."""
 
     name: str
-    group: str  # static | fix | dynamic | common | activation | cell | hard
+    group: str  # static | calibration | fix | dynamic | common | init | activation | cell | hard
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
     common_of: str | None = None  # Common-X: the dynamic row whose routes give the static route
-    max_seeds: int = 3  # rows that are costly and secondary may run on fewer seeds
+    max_seeds: int = 5  # rows outside Tables 1 and 4 run on fewer seeds
 
     @property
     def slug(self) -> str:
@@ -46,6 +46,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("U-Net", "static", {"route": "unet"}),
     Variant("HRNetV2", "static", {"route": "hrnetv2"}),
     Variant("Auto-DeepLab", "static", {"route": "autodeeplab"}),
+    Variant("Stride-8", "calibration", {"route": "stride8"}),
     Variant("Network-Fix", "fix", {"budget": "none"}),
     Variant("Dynamic-Raw", "dynamic", {"budget": "raw"}),
     Variant("Dynamic-A", "dynamic", {"budget": "A"}),
@@ -54,19 +55,20 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("Common-A", "common", common_of="Dynamic-A"),
     Variant("Common-B", "common", common_of="Dynamic-B"),
     Variant("Common-C", "common", common_of="Dynamic-C"),
-    Variant("Softmax", "activation", {"activation": "softmax"}, max_seeds=2),
-    Variant("Sigmoid", "activation", {"activation": "sigmoid"}, max_seeds=2),
-    Variant("SepConv x1", "cell", {"sepconv_repeats": 1}, max_seeds=2),
-    Variant("SepConv x3", "cell", {"sepconv_repeats": 3}, max_seeds=2),
-    Variant("Hard + Eq. 9 (A)", "hard", {"activation": "gumbel", "budget": "A"}, max_seeds=2),
-    Variant("Soft + KL", "hard", {"budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=2),
+    Variant("Dynamic-A, small init", "init", {"budget": "A", "gate_init": "small"}),
+    Variant("Softmax", "activation", {"activation": "softmax"}, max_seeds=3),
+    Variant("Sigmoid", "activation", {"activation": "sigmoid"}, max_seeds=3),
+    Variant("SepConv x1", "cell", {"sepconv_repeats": 1}, max_seeds=3),
+    Variant("SepConv x3", "cell", {"sepconv_repeats": 3}, max_seeds=3),
+    Variant("Hard + Eq. 9 (A)", "hard", {"activation": "gumbel", "budget": "A"}, max_seeds=3),
+    Variant("Soft + KL", "hard", {"budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=3),
     Variant(
-        "Hard + KL", "hard", {"activation": "gumbel", "budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=2
+        "Hard + KL", "hard", {"activation": "gumbel", "budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=3
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
-#: groups of Table 1's rows, which always run on every seed
-TABLE1_GROUPS = ("static", "fix", "dynamic", "common")
+#: groups of Table 1's and Table 4's rows, the calibration and the init comparison: always every seed
+TABLE1_GROUPS = ("static", "calibration", "fix", "dynamic", "common", "init")
 
 #: the paper's rows each table compares, ours named as above (Dynamic-Raw is x2 / max(0, tanh))
 TABLES = {
@@ -89,6 +91,8 @@ TABLES = {
     "table3": ["Network-Fix", "Softmax", "Sigmoid", "Dynamic-Raw"],
     "table4": ["Network-Fix", "Dynamic-A", "Dynamic-B", "Dynamic-C", "Dynamic-Raw"],
     "hard_gates": ["Dynamic-A", "Hard + Eq. 9 (A)", "Soft + KL", "Hard + KL"],
+    "calibration": ["FCN-32s", "Stride-8", "Network-Fix"],
+    "init": ["Dynamic-A", "Dynamic-A, small init"],
 }
 #: the paper's figures (Cityscapes val, Layer16): mIoU and average GFLOPs
 PAPER = {
@@ -111,7 +115,7 @@ PAPER = {
     "SepConv x3": (75.2, 153.8),
 }
 #: rows of the reduced grid ``fast`` runs (CI): one of each kind
-FAST_VARIANTS = ("FCN-32s", "Network-Fix", "Dynamic-Raw", "Dynamic-A", "Common-A", "Hard + KL")
+FAST_VARIANTS = ("FCN-32s", "Stride-8", "Network-Fix", "Dynamic-Raw", "Dynamic-A", "Common-A", "Hard + KL")
 #: shipped checkpoints (data_scripts/make_checkpoints.py) that are these rows at seed 0, 800 iterations
 SHIPPED = {
     "Network-Fix": "tiny-fix",

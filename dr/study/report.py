@@ -8,11 +8,31 @@ from dr.training.evaluate import write_json
 
 
 def verdict_table(results: dict) -> str:
-    """The README's verdict table, in Markdown, from a results dict."""
-    lines = ["| claim | paper | source | ours | verdict |", "| --- | --- | --- | --- | --- |"]
+    """The README's verdict table, in Markdown, from a results dict; each verdict's rule is numbered
+    below the table (a rule shared by several claims once)."""
+    rules: list[str] = []
+    lines = [
+        "| claim | paper | source | ours (mean ± std over seeds; paired diff [95% interval]) | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for v in results["verdicts"]:
+        if v["rule"] not in rules:
+            rules.append(v["rule"])
         note = f" ({v['note']})" if v.get("note") else ""
-        lines.append(f"| {v['claim']} | {v['paper']} | {v['source']} | {v['ours']} | **{v['verdict']}**{note} |")
+        lines.append(
+            f"| {v['claim']} | {v['paper']} | {v['source']} | {v['ours']} | "
+            f"**{v['verdict']}** (rule {rules.index(v['rule']) + 1}){note} |"
+        )
+    counts = {
+        k: sum(v["verdict"] == k for v in results["verdicts"]) for k in ("supported", "inconclusive", "contradicted")
+    }
+    lines += [
+        "",
+        ", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(results['verdicts'])} verdicts.",
+        "",
+        "Rules:",
+        "",
+    ] + [f"{i + 1}. {rule}" for i, rule in enumerate(rules)]
     return "\n".join(lines)
 
 
@@ -55,17 +75,40 @@ def latency_table(results: dict) -> str:
 
 
 def fig1_table(results: dict) -> str:
+    """Per model and regime: the share of paths open out of each scale and the fine share, with the
+    adaptation statistic per seed (Spearman rho of object size against the fine share)."""
     lines = [
-        "| model | regime | share of paths open out of 1/4 / 1/8 / 1/16 / 1/32 | open paths at 1/4 | real GFLOPs |",
+        "| model | regime | paths open out of 1/4 / 1/8 / 1/16 / 1/32 | fine share | rho per seed (p) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, r in results.get("fig1", {}).items():
+        rhos = ", ".join(f"{s['rho']:+.2f} ({s['p_value']:.3f})" for s in r["per_seed"])
         for g in REGIMES:
             lines.append(
                 f"| {name} | {g} | "
                 + " / ".join(f"{100 * v:.0f}%" for v in r["usage"][g])
-                + f" | {100 * r['fine_share'][g]:.1f}% | {r['gflops'][g]:.4f} |"
+                + f" | {100 * r['fine_share'][g]:.1f}% | {rhos if g == REGIMES[0] else ''} |"
             )
+    return "\n".join(lines)
+
+
+def oracle_table(results: dict) -> str:
+    """The per-regime oracle against the best single static network, per cost cap."""
+    oracle = results.get("oracle") or {}
+    lines = [
+        "| cost cap (GFLOPs) | oracle: network per regime | oracle mIoU / GFLOPs | best single static: mIoU / "
+        "GFLOPs | paired diff [95% interval] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for cap, r in oracle.get("by_cap", {}).items():
+        d = r["difference"]
+        diff = f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" if d else "-"
+        lines.append(
+            f"| {cap}: {r['cap_gflops']:.4f} | "
+            + ", ".join(f"{g}: {n}" for g, n in r["choice"].items())
+            + f" | {100 * r['oracle_miou']:.1f} / {r['oracle_gflops']:.4f} | {r['best_static']}: "
+            f"{100 * r['best_static_miou']:.1f} / {r['best_static_gflops']:.4f} | {diff} |"
+        )
     return "\n".join(lines)
 
 
@@ -87,7 +130,17 @@ def readme_tables(results: dict) -> str:
             list(dict.fromkeys(["Dynamic-Raw", *TABLES["table2"], *TABLES["table3"][1:], *TABLES["hard_gates"]])),
         ),
         "",
-        "### Fig. 1: share of paths open out of each scale, by image regime (mean over seeds)",
+        "### The test bed: calibration and the per-regime oracle",
+        "",
+        rows_table(results, TABLES["calibration"]),
+        "",
+        oracle_table(results),
+        "",
+        "### Gate initialisation: He-normal (the paper) against N(0, 0.01)",
+        "",
+        rows_table(results, TABLES["init"]),
+        "",
+        "### Fig. 1: share of paths open out of each scale, by image regime (mean over seeds), and adaptation",
         "",
         fig1_table(results),
         "",

@@ -1,14 +1,44 @@
-"""The statistics of the study: summaries over seeds, paired comparisons, a permutation test."""
+"""The statistics of the study: summaries over seeds, paired differences with 95% intervals, the
+three kinds of verdict, and a permutation test.
+
+A seed fixes a run's initial weights, its training images and its validation images, so two rows
+are compared *paired*: per seed both share, the difference of their values; then the mean
+difference and its 95% interval, mean +- t(0.975, n - 1) * sd / sqrt(n). A verdict is read off
+that interval:
+
+- ``supported``: the interval lies on the side the claim predicts (it excludes no difference);
+- ``contradicted``: it lies on the other side;
+- ``inconclusive``: it contains no difference (or fewer than 2 seeds are shared).
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 
 import numpy as np
 
+SUPPORTED, INCONCLUSIVE, CONTRADICTED = "supported", "inconclusive", "contradicted"
+KINDS = (SUPPORTED, INCONCLUSIVE, CONTRADICTED)
+
+#: t(0.975, df): the two-sided 95% quantile of Student's t with df degrees of freedom
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}  # fmt: skip
+
+
+def t_975(df: int) -> float:
+    """t(0.975, df), from the table (the next smaller tabulated df between entries: conservative)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df > 120:
+        return 1.960
+    return T_975[max(k for k in T_975 if k <= df)]
+
 
 def summary(values: list[float]) -> dict:
+    """Mean, standard deviation, min, max and number of the values (``None`` entries left out)."""
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
@@ -21,6 +51,74 @@ def summary(values: list[float]) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The mean of some per-seed values (or differences) with its 95% interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    seeds: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "seeds": list(self.seeds)}
+
+
+def interval(per_seed: dict[str, float]) -> Interval | None:
+    """Mean and 95% t-interval of per-seed values; ``None`` with fewer than 2 seeds."""
+    seeds = tuple(sorted(per_seed, key=str))
+    values = [per_seed[s] for s in seeds]
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    half = t_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half, len(values), seeds)
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> Interval | None:
+    """The 95% interval of a - b over the seeds both have (``None`` if they share fewer than 2)."""
+    return interval({s: a[s] - b[s] for s in a if s in b})
+
+
+def verdict_greater(diff: Interval | None, margin: float = 0.0) -> str:
+    """A claim that a > b + margin: supported if the interval of a - b lies above ``margin``,
+    contradicted if it lies below it, inconclusive otherwise."""
+    if diff is None:
+        return INCONCLUSIVE
+    if diff.low > margin:
+        return SUPPORTED
+    if diff.high < margin:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def verdict_not_greater(diff: Interval | None, margin: float) -> str:
+    """A claim of *no gain* (a is not better than b): supported if the interval of a - b lies below
+    ``margin`` (any gain is smaller than that), contradicted if it lies above 0 (a real gain)."""
+    if diff is None:
+        return INCONCLUSIVE
+    if diff.low > 0:
+        return CONTRADICTED
+    if diff.high < margin:
+        return SUPPORTED
+    return INCONCLUSIVE
+
+
+def verdict_below(values: Interval | None, limit: float) -> str:
+    """A claim that a value is below ``limit``: supported if its interval lies below, contradicted above."""
+    if values is None:
+        return INCONCLUSIVE
+    return SUPPORTED if values.high < limit else CONTRADICTED if values.low > limit else INCONCLUSIVE
+
+
+def verdict_all(kinds: list[str]) -> str:
+    """Several claims together (an ordering): supported if each is, contradicted if any is."""
+    if any(k == CONTRADICTED for k in kinds):
+        return CONTRADICTED
+    return SUPPORTED if kinds and all(k == SUPPORTED for k in kinds) else INCONCLUSIVE
+
+
 def permutation_p(a: np.ndarray, b: np.ndarray, *, rounds: int = 10000, seed: int = 0) -> float:
     """Two-sided permutation test of mean(a) - mean(b): the share of label shuffles at least as extreme."""
     rng = np.random.default_rng(seed)
@@ -31,37 +129,3 @@ def permutation_p(a: np.ndarray, b: np.ndarray, *, rounds: int = 10000, seed: in
         rng.shuffle(pooled)
         hits += abs(pooled[: len(a)].mean() - pooled[len(a) :].mean()) >= observed - 1e-12
     return (hits + 1) / (rounds + 1)
-
-
-def mean_of(rows, name, key="miou"):
-    return rows[name][key]["mean"] if name in rows and rows[name][key]["n"] else None
-
-
-def compare(rows, a: str, b: str, key: str = "miou") -> tuple[str, float | None, float | None]:
-    """Sign of mean(a) - mean(b) against its noise: 'greater', 'smaller' or 'tie' (within one
-    standard error of the difference).
-
-    Rows trained on the same seeds are compared *paired*: a seed fixes the initial weights, the
-    training images and the validation images of every row, so the per-seed differences carry
-    less noise than the rows themselves (standard error = std of the differences / sqrt(n)).
-    Otherwise, unpaired: sqrt(sa^2 / na + sb^2 / nb)."""
-    if a not in rows or b not in rows:
-        return "missing", None, None
-    per_a, per_b = rows[a].get(f"{key}_per_seed"), rows[b].get(f"{key}_per_seed")
-    common = sorted(set(per_a) & set(per_b)) if per_a and per_b else []
-    if len(common) >= 2:
-        diffs = [per_a[s] - per_b[s] for s in common]
-        diff, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
-    else:
-        ra, rb = rows[a][key], rows[b][key]
-        diff = ra["mean"] - rb["mean"]
-        se = math.sqrt(ra["std"] ** 2 / ra["n"] + rb["std"] ** 2 / rb["n"])
-    if abs(diff) <= se:
-        return "tie", diff, se
-    return ("greater" if diff > 0 else "smaller"), diff, se
-
-
-def pairing(rows, a: str, b: str) -> str:
-    per_a, per_b = rows[a].get("miou_per_seed"), rows[b].get("miou_per_seed")
-    common = set(per_a or ()) & set(per_b or ())
-    return f"paired over {len(common)} seeds" if len(common) >= 2 else "unpaired"

@@ -147,6 +147,8 @@ def evaluate(
                     "open": sorted(path_index[p] for p in out.open_paths(i)),
                 }
             )
+            if "size" in batch:  # the embedded data's object size, for the adaptation statistic
+                images[-1]["size"] = float(batch["size"][i])
     if not images:
         raise ValueError("the evaluation split is empty; nothing to evaluate")
     names = class_names or [str(c) for c in range(num_classes)]
@@ -159,6 +161,8 @@ def evaluate(
         # IoU of "object" (any class) against background: how well objects are found, whatever
         # their class; it separates the scale (localisation) from the shape (recognition)
         "object_iou_by_regime": {r: m.iou()[1] for r, m in sorted(objects_by_regime.items())},
+        # per regime, the confusion matrix itself: regimes of different runs can be pooled exactly
+        "confusion_by_regime": {r: m.matrix.tolist() for r, m in sorted(by_regime.items())},
         "gflops_avg": min(max(math.fsum(gflops) / len(gflops), min(gflops)), max(gflops)),  # no rounding past the range
         "gflops_max": max(gflops),
         "gflops_min": min(gflops),
