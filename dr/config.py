@@ -79,7 +79,8 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**values)
+        # a config saved before gate_init existed was initialised the old way, N(0, 0.01)
+        return cls(**({"gate_init": "small"} | values))
 
 
 def check_activation(activation: str, *, gated: bool = False) -> None:

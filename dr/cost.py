@@ -258,9 +258,10 @@ def stacked_gates(space: RoutingSpace, gates: Mapping[Node, torch.Tensor]) -> to
 
 
 def expected_cost(costs: CostModel, gates: Mapping[Node, torch.Tensor]) -> torch.Tensor:
-    """Eq. 7-8 per image, (B,) FLOPs of the routing space, differentiable in alpha."""
-    alpha = stacked_gates(costs.space, gates)  # (B, N, 3)
-    cell, gate, path = costs.node_tables(alpha.device, alpha.dtype)
+    """Eq. 7-8 per image, (B,) FLOPs of the routing space, differentiable in alpha (float32 always:
+    a sum of millions of FLOPs is not for bfloat16)."""
+    alpha = stacked_gates(costs.space, gates).float()  # (B, N, 3)
+    cell, gate, path = costs.node_tables(alpha.device, torch.float32)
     return alpha.amax(dim=2) @ cell + gate.sum() + (alpha * path).sum(dim=(1, 2))
 
 

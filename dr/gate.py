@@ -5,7 +5,8 @@
 
 ``F(w1, .)`` is a 1x1 convolution C -> C/2, ``F(w2, .)`` a 1x1 convolution C/2 -> P (one output
 per path of the node, in the order keep, up, down) with bias beta, initialised to 1.5 so that
-paths start open (tanh(1.5) = 0.905). alpha has one value per image and path: shape (B, P).
+almost every path starts open (tanh(1.5) = 0.905; the He-normal weights add an image-dependent
+term, which closes about 1% of a fresh tiny network's gates). alpha has one value per image and path: shape (B, P).
 max(0, tanh) is exactly zero for G <= 0, which is what lets inference skip a path (Eq. 5-6).
 
 Under a budget the paper down-samples the gate's input X by 4 per side ("small gate", Sec. 3.4).

@@ -16,16 +16,20 @@ Inference can do better: a closed path need not be computed at all (Eq. 5-6). Th
 Both forwards return a :class:`RoutingOutput`: logits, each node's alpha per image, which nodes
 ran, and each image's expected (Eq. 7-8) and real cost (:mod:`dr.cost`).
 
-Two details come from the authors' code, not the paper's equations:
+Two details are not in the paper's equations:
 
-- the *bypass*: in training, an image whose alphas at a node are all zero passes its input X on
-  along the keep path (so the signal is not lost; Eq. 5-6 say the same for inference);
-- a *starved* node, one that no open path reaches for an image, is not executed at inference, so
-  here its alphas are set to zero for that image: training then sees what inference runs.
+- the *bypass* (from the authors' code): in training, an image whose alphas at a node are all zero
+  passes its input X on along the keep path, as Eq. 5-6 prescribe for inference;
+- *starved* nodes (this project's choice): a node that no open path reaches for an image is not
+  executed at inference, so here its alphas are set to zero for that image too, and training sees
+  what inference runs (the authors' code runs every node and skips only what a whole batch closes).
+
+``soft`` and ``masked`` run the same code; the names say whether it is training or inference.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -102,9 +106,10 @@ class RoutingNode(nn.Module):
         super().__init__()
         self.directions = directions
         self.cell = Cell(channels_in, config.sepconv_repeats)
-        gate = FastSoftConditionalGate if fast_gate else SoftConditionalGate
-        self.gate = (
-            gate(
+        self.gate = None  # Network-Fix: no gate, every alpha is 1
+        if config.gated:
+            gate = FastSoftConditionalGate if fast_gate else SoftConditionalGate
+            self.gate = gate(
                 channels_in,
                 len(directions),
                 activation=config.activation,
@@ -112,9 +117,6 @@ class RoutingNode(nn.Module):
                 bias=config.gate_bias,
                 init=config.gate_init,
             )
-            if config.gated
-            else None
-        )
         self.transforms = nn.ModuleDict({d: make_transform(d, channels_in) for d in directions})
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor | None, drop_prob: float = 0.0) -> dict[str, torch.Tensor]:
@@ -122,7 +124,7 @@ class RoutingNode(nn.Module):
 
         ``x``: X (B, C, H, W); ``alpha``: (B, P), or ``None`` when every alpha is 1 (Network-Fix,
         no product). An image whose alphas are all zero passes X on along keep (the bypass)."""
-        h = self.cell(x, drop_prob)  # Eq. 1: H = SepConv3x3x2(X) + X
+        h = self.cell(x, drop_prob)  # Eq. 1: H = SepConv3x3 stack(X) + X
         outputs = {}
         for j, direction in enumerate(self.directions):
             y = self.transforms[direction](h)  # T_{s -> j}(H)
@@ -254,8 +256,10 @@ class DynamicRoutingNet(nn.Module):
         gates, features = {}, [None] * NUM_SCALES
         for node in self.space.nodes:  # layer by layer, finer scales first
             module = self.node(node)
-            x = sum(arriving.pop(node))  # X_s^l = Y_{s/2 -> s} + Y_{s -> s} + Y_{2s -> s}
-            alpha = self.gate_values(module, node, x, masks, reached[node])  # Eq. 2-3: (B, P) or None
+            x = functools.reduce(torch.add, arriving.pop(node))  # X_s^l = Y_{s/2 -> s} + Y_{s -> s} + Y_{2s -> s}
+            alpha = self.gate_values(module, x, None if masks is None else masks[node])  # Eq. 2-3: (B, P) or None
+            if alpha is not None and not bool(reached[node].all()):  # starved for some images: closed for them
+                alpha = alpha * reached[node][:, None].to(alpha.dtype)
             outputs = module(x, alpha, self.drop_probability(node, step_rate))  # Eq. 1 and 4: {j: Y_j}
             gates[node] = x.new_ones(len(x), len(module.directions)) if alpha is None else alpha
             carries = reached[node][:, None] & carried(gates[node])  # (B, P): images a path leads on
@@ -268,14 +272,13 @@ class DynamicRoutingNet(nn.Module):
                     reached[target] = reached[target] | carries[:, j] if target in reached else carries[:, j]
         return self.end(images, features, gates, reached)
 
-    def gate_values(self, module: RoutingNode, node: Node, x: torch.Tensor, masks, reached: torch.Tensor):
-        """alpha of a node (Eq. 2-3), with the paths a route closes and, for an image that no open
-        path reaches (a starved node), every path set to 0. ``None`` means every alpha is 1."""
+    @staticmethod
+    def gate_values(module: RoutingNode, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """alpha of a node for the images of ``x`` (Eq. 2-3), times the route's 0/1 ``mask`` of its
+        paths, (B, P); ``None`` means every alpha is 1 (Network-Fix without a route)."""
         alpha = None if module.gate is None else module.gate(x)  # (B, P)
-        if masks is not None:
-            alpha = masks[node] if alpha is None else alpha * masks[node]
-        if alpha is not None and not bool(reached.all()):
-            alpha = alpha * reached[:, None].to(alpha.dtype)
+        if mask is not None:
+            alpha = mask if alpha is None else alpha * mask
         return alpha
 
     def drop_probability(self, node: Node, step_rate: float) -> float:

@@ -60,9 +60,8 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
             continue
         x = inputs.pop(node)
         x = x if len(rows) == batch else x.index_select(0, rows)  # X for the images that reach the node
-        alpha = module.gate(x) if module.gate is not None else x.new_ones(len(rows), len(paths))  # Eq. 2-3
-        if masks is not None:
-            alpha = alpha * masks[node].index_select(0, rows)
+        alpha = net.gate_values(module, x, None if masks is None else masks[node].index_select(0, rows))  # Eq. 2-3
+        alpha = x.new_ones(len(rows), len(paths)) if alpha is None else alpha
         gates[node] = alpha if len(rows) == batch else gates[node].index_copy(0, rows, alpha)
         opened = alpha > 0  # (n, P)
         works = opened.any(dim=1)  # Eq. 5: the cell is computed for these images

@@ -164,11 +164,12 @@ def test_notebook_04_parameters_are_the_training_config():
 
 @pytest.mark.parametrize("name", sorted(CORE - {"dr"}))
 def test_core_classes_and_functions_stay_short(name):
-    """A guide, not a law: a core class over ~150 lines or function over ~60 must say why."""
+    """A guide, not a law: a core class over ~150 lines or function over ~60 must say why, with the
+    words "longer on purpose" in its docstring."""
     tree = ast.parse((PACKAGE / (name.split(".", 1)[1].replace(".", "/") + ".py")).read_text())
     for node in ast.walk(tree):
         limit = 150 if isinstance(node, ast.ClassDef) else 60
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             length = node.end_lineno - node.lineno + 1
             docstring = ast.get_docstring(node) or ""
-            assert length <= limit or "longer" in docstring, f"{name}.{node.name}: {length} lines"
+            assert length <= limit or "longer on purpose" in docstring, f"{name}.{node.name}: {length} lines"

@@ -20,7 +20,7 @@ from dr.cost import CostModel
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
 from dr.training.checkpoint import load_checkpoint
-from dr.training.config import TrainConfig, model_config
+from dr.training.config import TrainConfig, differences, model_config
 from dr.training.evaluate import load_routes
 from dr.training.train import lr_factor, parameter_groups, sample_plan
 
@@ -417,3 +417,10 @@ def test_the_small_gate_is_on_whenever_a_budget_is_set_unless_asked_otherwise():
     assert model_config(TrainConfig(budget="raw", small_gate=True), 6).small_gate is True
     assert model_config(TrainConfig(), 6).gate_init == "he"
     assert model_config(TrainConfig(gate_init="small"), 6).gate_init == "small"
+
+
+def test_runs_differ_only_in_what_changes_their_result():
+    base = TrainConfig(budget="A")
+    assert differences(base, TrainConfig(budget="A", small_gate=True, crop=(128, 128), workers=2)) == []
+    assert differences(base, TrainConfig(budget="A", small_gate=False)) == ["--small-gate True (saved) vs False"]
+    assert differences(base, TrainConfig(budget="A", lr=0.01)) == ["--lr 0.05 (saved) vs 0.01"]

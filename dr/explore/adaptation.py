@@ -27,6 +27,7 @@ import torch
 
 from dr.routes import Route
 from dr.space import Path
+from dr.training.evaluate import forward_in_chunks
 
 #: scale indices whose outgoing paths count as fine: 1/4 and 1/8
 FINE_SCALES = (0, 1)
@@ -51,11 +52,16 @@ def ranks(values: np.ndarray) -> np.ndarray:
     return result
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson's correlation of the ranks (NaN if either is constant)."""
+def _centred_ranks(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray, float]:
+    """The ranks of x and of y, each minus its mean, and the product of their norms."""
     rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    norm = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return rx, ry, math.sqrt(float(rx @ rx) * float(ry @ ry))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks (NaN if either is constant)."""
+    rx, ry, norm = _centred_ranks(x, y)
     return float(rx @ ry) / norm if norm > 0 else math.nan
 
 
@@ -67,9 +73,7 @@ def spearman_test(
     rho = spearman(x, y)
     if math.isnan(rho):
         return rho, 1.0
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    norm = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    rx, ry, norm = _centred_ranks(x, y)
     rng = np.random.default_rng(seed)
     hits = 0
     for start in range(0, permutations, 1000):  # 1000 shuffles at a time: (k, n) index matrices
@@ -104,7 +108,7 @@ def route_records(
         samples = [dataset[i] for i in range(start, min(len(dataset), start + batch))]
         images = torch.stack([s["image"] for s in samples])
         route = [router(s) for s in samples] if router is not None else None
-        out = model(images, route=route, mode="skip")
+        out = forward_in_chunks(model, images, route=route, mode="skip")
         for i, sample in enumerate(samples):
             records.append(
                 {

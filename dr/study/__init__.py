@@ -1,6 +1,6 @@
 """The reproduction study: the paper's comparative claims measured on the embedded data.
 
-    python -m dr study --out runs/study [--seeds 0 1 2] [--iters 800] [--results results/reproduction.json]
+    python -m dr study --out runs/study [--seeds 0 1 2 3 4] [--iters 800] [--results results/reproduction.json]
 
 Trains every row of the study (the ``tiny`` preset, the tutorial recipe, several seeds), then
 collects the metrics into one results JSON with mean and spread over seeds, the Fig. 1 and Fig. 5

@@ -14,13 +14,13 @@ from pathlib import Path as FilePath
 
 from dr.study.grid import ITERS, SEEDS, SHIPPED, VARIANTS, Variant, config_for, planned_runs, run_dir
 from dr.training.checkpoint import CHECKPOINT, LOG, METRICS, ROUTES_FILE, load_checkpoint
-from dr.training.config import TrainConfig
+from dr.training.config import TrainConfig, differences
 from dr.training.train import train
 
 
 def _same_run(saved: dict, cfg: TrainConfig) -> bool:
-    a, b = TrainConfig.from_dict(saved).to_dict(), cfg.to_dict()
-    return all(a[k] == b[k] for k in a if k not in TrainConfig.RESUMABLE_CHANGES)
+    """Whether a saved run (its checkpoint's ``train_config``) is the run ``cfg`` asks for."""
+    return not differences(TrainConfig.from_dict(saved), cfg)
 
 
 def _claim(folder: FilePath) -> bool:

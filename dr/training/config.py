@@ -90,7 +90,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
+        values = {"gate_init": "small"} | {k: v for k, v in values.items() if k in known}  # saved before gate_init
         if values.get("crop"):
             values["crop"] = tuple(values["crop"])
         return cls(**values)
@@ -152,6 +152,21 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--drop-path must lie in [0, 1), got {cfg.drop_path}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+
+
+def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """The options in which two runs differ in a way that changes their result: every field but the
+    resumable ones, with ``small_gate`` and ``crop`` compared as resolved (``None`` means the default
+    they resolve to), so an option given explicitly at its default value is no difference."""
+
+    def resolved(c: TrainConfig) -> dict:
+        values = {f.name: getattr(c, f.name) for f in fields(c) if f.name not in TrainConfig.resumable()}
+        values["small_gate"] = c.budget not in ("none", "raw") if c.small_gate is None else c.small_gate
+        values["crop"] = tuple(c.crop or DATASETS[c.data].train_crop) if c.data in DATASETS else c.crop
+        return values
+
+    a, b = resolved(saved), resolved(cfg)
+    return [f"{flag(name)} {a[name]} (saved) vs {b[name]}" for name in a if a[name] != b[name]]
 
 
 def model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:

@@ -42,6 +42,8 @@ def forward_in_chunks(
     """``model(images)`` at inference, run on consecutive chunks of the batch and joined into one output.
 
     ``route``: one route for every image, or one per image (split with the chunks)."""
+    if model.training:
+        raise ValueError("forward_in_chunks is for inference: call model.eval() first (BatchNorm statistics)")
     per_chunk = len(images) if not max_pixels else max(1, max_pixels // (images.shape[-2] * images.shape[-1]))
     if len(images) <= per_chunk:
         return model(images, route=route, mode=mode)
