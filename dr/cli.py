@@ -332,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
+    ad = sub.add_parser("adaptation", help="do routes adapt to object size? Spearman rho, permutation p (Fig. 1)")
+    ad.add_argument("--checkpoint", required=True, help="a checkpoint.pt of a gated network")
+    ad.add_argument("--val-size", type=int, help="validation images (default: the run's)")
+    ad.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
+    ad.add_argument("--permutations", type=int, default=10000, help="shuffles of the permutation test (default 10000)")
+    ad.add_argument("--per-image", action="store_true", help="with --json: include every image's size and share")
+    ad.add_argument("--json", action="store_true", help="print one JSON object")
+    ad.set_defaults(func=cmd_adaptation)
+
     st = sub.add_parser(
         "study", help="the reproduction study: train every row on several seeds, write results and figures"
     )
