@@ -8,7 +8,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"pytorch": "torch"}  # conda package name -> pip name
+CONDA_NAMES = {"pytorch": "torch", "playwright-python": "playwright"}  # conda package name -> pip name
 
 
 def _name_and_spec(requirement: str) -> tuple[str, str]:

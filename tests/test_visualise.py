@@ -123,39 +123,80 @@ def test_route_of_matches_the_evaluation_routes_file(shipped):
         assert Node(0, 0) in info.running and all(p.source in info.running for p in info.open_paths)
 
 
+def _count_renders(explorer) -> list:
+    """Record the image number of every render the explorer's controls cause."""
+    renders, draw = [], explorer.render
+    explorer.render = lambda: renders.append(explorer.image.value if hasattr(explorer, "image") else None) or draw()
+    return renders
+
+
+def _title(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle is not None else fig.axes[0].get_title()
+
+
 def test_route_explorer_controls_change_the_rendering(shipped):
     pytest.importorskip("ipywidgets")
     from dr.explore.widgets import RouteExplorer
 
     runs, val = shipped
     explorer = RouteExplorer({"Dynamic-A": runs["A"], "Dynamic-Raw": runs["raw"]}, val)
-    first = explorer.last
+    renders = _count_renders(explorer)
     assert explorer.image.continuous_update is False and explorer.figure is not None
+    assert explorer.last.name == val[0]["name"] and explorer.image.max == len(val) - 1
+    # the number: typed in, one render; beyond the last image it stops at the last
+    explorer.image.value = 5
+    assert explorer.last.name == val[5]["name"] and renders == [5]
+    explorer.image.value = 99
+    assert explorer.image.value == len(val) - 1 and explorer.last.name == val[len(val) - 1]["name"]
+    # previous / next: one image on, wrapping around at both ends
+    explorer.next.click()
+    assert explorer.image.value == 0 and explorer.last.name == val[0]["name"]
+    explorer.previous.click()
+    assert explorer.image.value == len(val) - 1
     explorer.image.value = 1
-    assert explorer.last.name != first.name and explorer.last.name == val[1]["name"]
-    explorer.model.value = "Dynamic-Raw"  # same image, other model: other route and cost
-    assert explorer.last.name == val[1]["name"]
-    assert explorer.last.real_gflops != pytest.approx(route_of(runs["A"].model, val[1]).real_gflops)
-    assert explorer.last.real_gflops == pytest.approx(route_of(runs["raw"].model, val[1]).real_gflops)
+    explorer.next.click()
+    assert explorer.last.name == val[2]["name"] and renders == [5, 11, 0, 11, 1, 2]
+    # the model: same image, other route and cost; its name in the dropdown, the title and the numbers
+    explorer.model.value = "Dynamic-Raw"
+    assert explorer.last.name == val[2]["name"]
+    assert explorer.last.real_gflops != pytest.approx(route_of(runs["A"].model, val[2]).real_gflops)
+    assert explorer.last.real_gflops == pytest.approx(route_of(runs["raw"].model, val[2]).real_gflops)
+    assert _title(explorer.figure).startswith("Dynamic-Raw: ") and "tiny" not in _title(explorer.figure)
+    assert explorer.info.value.startswith("Dynamic-Raw, ")
+    # a regime starts at its first image, rendered once, even from a number past its last image
+    explorer.image.value = 10
+    del renders[:]
     explorer.regime.value = "large"
-    assert explorer.last.regime == "large" and all(val.regime(i) == "large" for i in explorer.indices)
-    title = explorer.figure.texts[0].get_text() if explorer.figure.texts else explorer.figure._suptitle.get_text()
-    assert "large" in title and "Dynamic-Raw" in title
-    assert str(len(explorer.last.open_paths)) in explorer.info.value
+    large = [i for i in range(len(val)) if val.regime(i) == "large"]
+    assert explorer.indices == large and explorer.image.max == len(large) - 1
+    assert explorer.image.value == 0 and explorer.last.name == val[large[0]]["name"] and renders == [0]
+    explorer.next.click()
+    assert explorer.last.name == val[large[1]]["name"] and explorer.last.regime == "large"
+    assert "large" in _title(explorer.figure)
+    assert f"<b>{len(explorer.last.open_paths)}</b> of {len(runs['raw'].space.paths)} paths" in explorer.info.value
+    assert explorer.last.cost_text() in explorer.info.value
 
 
 def test_common_network_explorer_threshold_changes_the_network(shipped):
     pytest.importorskip("ipywidgets")
-    from dr.explore.widgets import CommonNetworkExplorer
+    from dr.explore.widgets import CommonNetworkExplorer, common_network_figure
 
     runs, _ = shipped
-    explorer = CommonNetworkExplorer({"Dynamic-A": runs["A"]}, threshold=0.95)
+    explorer = CommonNetworkExplorer({"Dynamic-A": runs["A"], "Dynamic-Raw": runs["raw"]}, threshold=0.95)
+    renders = _count_renders(explorer)
     strict = explorer.numbers["paths"]
+    assert _title(explorer.figure).startswith("common network of Dynamic-A:")
     explorer.threshold.value = 0.05
     loose = explorer.numbers["paths"]
-    assert loose >= strict and loose == len(runs["A"].common(0.05).paths)
+    assert loose > strict and loose == len(runs["A"].common(0.05).paths)
     assert explorer.numbers["gflops"] > 0
-    assert f"{loose} paths" in explorer.figure.axes[0].get_title()
+    assert f"{loose} paths" in _title(explorer.figure) and f"<b>{loose}</b>" in explorer.info.value
+    # the model: its name in the title and the numbers, the common network of that run
+    explorer.model.value = "Dynamic-Raw"
+    assert explorer.numbers == common_network_figure(runs["raw"], 0.05)[1]
+    assert _title(explorer.figure).startswith("common network of Dynamic-Raw:")
+    assert explorer.info.value.startswith("Dynamic-Raw, threshold 0.05")
+    assert len(renders) == 2
 
 
 def test_figures_command_writes_every_committed_figure(tmp_path):

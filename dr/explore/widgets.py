@@ -2,12 +2,18 @@
 :mod:`dr.explore.visualise`.
 
 The widgets only wire controls to rendering functions that return figures; every control's
-``value`` can be set from code (the tests do), and :attr:`figure` / :attr:`last` hold what was
-drawn last. Slow work re-renders only when a control is released (``continuous_update=False``).
+``value`` can be set from code (the tests do), and :attr:`figure` / :attr:`last` / :attr:`numbers`
+hold what was drawn last. Every change renders once: the image number is a text field that
+commits on Enter or when it loses focus (``continuous_update=False``), not a slider that renders
+while it is dragged.
 
-- :class:`RouteExplorer`: choose a model, an image regime and an image; see image, ground truth,
-  prediction and the route that image took (Fig. 1), with its real and expected cost.
+- :class:`RouteExplorer`: choose a model, an image regime and an image (by its number, or with
+  "previous" / "next"); see image, ground truth, prediction and the route that image took
+  (Fig. 1), with its real and expected cost.
 - :class:`CommonNetworkExplorer`: choose a model and a threshold; see its common network (Fig. 4).
+
+Both take ``runs`` as a mapping from the name a reader should see (``"Dynamic-A"``) to a
+:class:`~dr.explore.runs.Run`; that name is the one in the dropdown and in the figure's title.
 """
 
 from __future__ import annotations
@@ -38,7 +44,12 @@ def _show(output: widgets.Output, fig: Figure) -> None:
 
 
 class RouteExplorer:
-    """Image by image: which route does each trained model take?"""
+    """Image by image: which route does each trained model take?
+
+    The image number counts from 0 among the images of the chosen regime (under ``all`` it is
+    the data set index); "previous" and "next" wrap around at the ends. Choosing another regime
+    goes back to its first image.
+    """
 
     def __init__(self, runs: Mapping[str, Run], dataset, *, regimes=("all", "small", "large", "mixed")):
         if not runs:
@@ -47,16 +58,25 @@ class RouteExplorer:
         self.dataset = dataset
         self.model = widgets.Dropdown(options=list(self.runs), description="model")
         self.regime = widgets.Dropdown(options=list(regimes), description="images")
-        self.image = widgets.IntSlider(value=0, min=0, max=0, description="image", continuous_update=False)
+        self.image = widgets.BoundedIntText(value=0, min=0, max=0, description="image", continuous_update=False)
+        self.count = widgets.Label()
+        self.previous = widgets.Button(description="previous", tooltip="the previous image of this regime")
+        self.next = widgets.Button(description="next", tooltip="the next image of this regime")
         self.output = widgets.Output()
         self.info = widgets.HTML()
         self.last: ImageRoute | None = None
         self.figure: Figure | None = None
+        self._hold = False  # True while a regime change moves the image number: render once, after
         self._update_indices()
         self.model.observe(lambda _: self.render(), names="value")
         self.regime.observe(self._on_regime, names="value")
-        self.image.observe(lambda _: self.render(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.model, self.regime, self.image]), self.info, self.output])
+        self.image.observe(self._on_image, names="value")
+        self.previous.on_click(lambda _: self.step(-1))
+        self.next.on_click(lambda _: self.step(+1))
+        controls = widgets.HBox([self.model, self.regime])
+        browse = widgets.HBox([self.image, self.count, self.previous, self.next])
+        self.widget = widgets.VBox([controls, browse, self.info, self.output])
+        self.widget.add_class("dr-route-explorer")  # a handle for the browser test
         self.render()
 
     def _update_indices(self) -> None:
@@ -68,19 +88,31 @@ class RouteExplorer:
         if not self.indices:
             raise ValueError(f"no image of regime {regime!r} in the data set")
         self.image.max = len(self.indices) - 1
+        self.count.value = f"of 0-{self.image.max}"
 
     def _on_regime(self, _change) -> None:
-        self._update_indices()
-        if self.image.value > self.image.max:
-            self.image.value = 0  # triggers render
-        else:
+        self._hold = True
+        try:
+            self.image.value = 0  # first, so that lowering the maximum never clamps (and renders) an old number
+            self._update_indices()
+        finally:
+            self._hold = False
+        self.render()
+
+    def _on_image(self, _change) -> None:
+        if not self._hold:
             self.render()
+
+    def step(self, by: int) -> None:
+        """Move ``by`` images within the regime, wrapping around at the ends (the buttons call it)."""
+        self.image.value = (self.image.value + by) % len(self.indices)
 
     def render(self) -> Figure:
         """Draw the current image under the current model; returns the figure."""
-        run = self.runs[self.model.value]
-        sample = self.dataset[self.indices[min(self.image.value, len(self.indices) - 1)]]
-        self.last = route_of(run.model, sample, route=run.route)
+        name = self.model.value
+        run = self.runs[name]
+        index = self.indices[self.image.value]
+        self.last = route_of(run.model, self.dataset[index], route=run.route)
         self.figure = plot_image_route(
             self.last.image,
             self.last.label,
@@ -88,10 +120,11 @@ class RouteExplorer:
             run.space,
             self.last.weights,
             self.last.running,
-            title=f"{self.model.value}: {self.last.name} ({self.last.regime} objects)",
+            title=f"{name}: {self.last.name} ({self.last.regime} objects)",
             cost_text=self.last.cost_text(),
         )
         self.info.value = (
+            f"{name}, {self.last.name} (data set index {index}): "
             f"<b>{len(self.last.open_paths)}</b> of {len(run.space.paths)} paths open, "
             f"<b>{len(self.last.running)}</b> of {len(run.space.nodes)} cells computed; "
             f"{self.last.cost_text()}"
@@ -105,9 +138,10 @@ class RouteExplorer:
         display(self.widget)
 
 
-def common_network_figure(run: Run, threshold: float) -> tuple[Figure, dict]:
+def common_network_figure(run: Run, threshold: float, *, name: str | None = None) -> tuple[Figure, dict]:
     """Fig. 4: the paths ``run`` opens in more than ``threshold`` of its evaluation images,
-    drawn by how often each is open; returns the figure and the common network's numbers."""
+    drawn by how often each is open; returns the figure and the common network's numbers.
+    ``name`` is the model's name in the title (default: the run's folder name)."""
     if not run.routes:
         raise ValueError(f"{run.folder} has no routes.json: evaluate it first ('python -m dr eval --checkpoint ...')")
     share = {p: sum(p in r for r in run.routes) / len(run.routes) for p in run.space.paths}
@@ -125,7 +159,7 @@ def common_network_figure(run: Run, threshold: float) -> tuple[Figure, dict]:
         ax,
         run.space,
         {p: share[p] if p in common.paths else 0.0 for p in run.space.paths},
-        title=f"common network of {run.name}: paths open in > {threshold:.0%} of images "
+        title=f"common network of {name or run.name}: paths open in > {threshold:.0%} of images "
         f"({numbers['paths']} paths, {numbers['gflops']:.4f} GFLOPs)",
     )
     route_legend(ax)
@@ -144,15 +178,24 @@ class CommonNetworkExplorer:
             value=threshold, min=0.05, max=0.99, step=0.01, description="threshold", continuous_update=False
         )
         self.output = widgets.Output()
+        self.info = widgets.HTML()
         self.figure: Figure | None = None
         self.numbers: dict = {}
         self.model.observe(lambda _: self.render(), names="value")
         self.threshold.observe(lambda _: self.render(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.model, self.threshold]), self.output])
+        self.widget = widgets.VBox([widgets.HBox([self.model, self.threshold]), self.info, self.output])
+        self.widget.add_class("dr-common-network-explorer")  # a handle for the browser test
         self.render()
 
     def render(self) -> Figure:
-        self.figure, self.numbers = common_network_figure(self.runs[self.model.value], self.threshold.value)
+        name = self.model.value
+        self.figure, self.numbers = common_network_figure(self.runs[name], self.threshold.value, name=name)
+        dynamic = self.numbers["gflops_dynamic_avg"]
+        self.info.value = (
+            f"{name}, threshold {self.threshold.value:.2f}: <b>{self.numbers['paths']}</b> of "
+            f"{len(self.runs[name].space.paths)} paths, {self.numbers['gflops']:.4f} GFLOPs as a static network"
+            + (f" (the dynamic one: {dynamic:.4f} on average)" if dynamic is not None else "")
+        )
         _show(self.output, self.figure)
         return self.figure
 
