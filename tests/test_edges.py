@@ -254,6 +254,24 @@ def test_a_read_only_out_is_refused(capsys, tmp_path):
         folder.chmod(0o755)
 
 
+def test_a_read_only_file_system_is_one_line(capsys, monkeypatch, tmp_path):
+    """EROFS (a read-only mount), simulated for one folder, so that it also runs as root."""
+    folder = tmp_path / "mounted-read-only"
+    folder.mkdir()
+    real_open, real_mkdir = os.open, Path.mkdir
+
+    def refuse(path):
+        if str(path).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: refuse(path) or real_open(path, *a, **k))
+    monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: refuse(self) or real_mkdir(self, *a, **k))
+    for out in (folder, folder / "run"):
+        err = refused(capsys, "train", "--out", out, *SMALL)
+        assert "read-only file system (EROFS)" in err and str(out) in err
+    assert list(folder.iterdir()) == []
+
+
 class _FailingFile:
     """A file that raises ``error`` once more than ``limit`` bytes were written to it."""
 
