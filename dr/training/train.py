@@ -368,10 +368,9 @@ def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, i
             written.append(out / LOG)
             (out / LOG).write_text("")
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted before training started; {_kept(out, start if resume else None)}") from None
+        raise Interrupted(f"interrupted before training started; {_kept(out)}") from None
     except OSError as error:
         raise OutputError(f"cannot write to {out}: {describe(error)}; choose a folder you can write to") from None
-    saved = {"iteration": start if resume else None}  # the checkpoint on disk
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress, unit="it", dynamic_ncols=True)
     try:
         seconds = _train_loop(
@@ -388,17 +387,14 @@ def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, i
             start=start,
             seconds=seconds,
             bar=bar,
-            saved=saved,
             resumed=resume,
         )
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted while training; {_kept(out, saved['iteration'])}") from None
+        raise Interrupted(f"interrupted while training; {_kept(out)}") from None
     except OSError as error:  # a full disk while logging (OutputError, from a checkpoint, is not an OSError)
-        raise OutputError(
-            f"cannot write to {out}: {describe(error)}; training stopped and {_kept(out, saved['iteration'])}"
-        ) from None
+        raise OutputError(f"cannot write to {out}: {describe(error)}; training stopped and {_kept(out)}") from None
     except OutputError as error:
-        raise OutputError(f"{error}; training stopped and {_kept(out, saved['iteration'])}") from None
+        raise OutputError(f"{error}; training stopped and {_kept(out)}") from None
     finally:
         bar.close()
     try:
@@ -417,19 +413,25 @@ def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, i
         save_routes(routes, out / ROUTES_FILE)
         write_json(metrics, out / METRICS)
     except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted during the final evaluation; {_kept(out, cfg.iters)}, so --resume evaluates it"
-        ) from None
+        raise Interrupted(f"interrupted during the final evaluation; {_kept(out)}, so --resume evaluates it") from None
     except OutputError as error:
-        raise OutputError(f"{error}; {_kept(out, cfg.iters)}, so --resume evaluates it") from None
+        raise OutputError(f"{error}; {_kept(out)}, so --resume evaluates it") from None
     return metrics
 
 
-def _kept(out: Path, iteration: int | None) -> str:
-    """What a stopped run leaves to continue from."""
-    if iteration is None:
+def _kept(out: Path) -> str:
+    """What a stopped run leaves to continue from: the checkpoint as it is on disk now (its iteration
+    read without loading its tensors), so the message holds whatever moment the run stopped at."""
+    path = out / CHECKPOINT
+    if not path.exists():
         return "no checkpoint had been written yet, so there is nothing to resume: start the run again"
-    return f"the checkpoint {out / CHECKPOINT} of iteration {iteration} is kept: continue with --resume"
+    try:
+        iteration = (
+            f" of iteration {int(torch.load(path, map_location='cpu', weights_only=True, mmap=True)['iteration'])}"
+        )
+    except Exception:  # unreadable: still the last one written whole (writes are atomic)
+        iteration = ""
+    return f"the checkpoint {path}{iteration} is kept: continue with --resume"
 
 
 def _train_loop(
@@ -447,11 +449,10 @@ def _train_loop(
     start: int,
     seconds: float,
     bar,
-    saved: dict,
     resumed: bool,
 ) -> float:
-    """Iterations ``start`` .. ``cfg.iters``: steps, log lines, checkpoints; returns the training seconds.
-    ``bar``: the progress bar; ``saved["iteration"]``: the iteration of the checkpoint on disk, kept current."""
+    """Iterations ``start`` .. ``cfg.iters``: steps, log lines, checkpoints (``bar``: the progress bar);
+    returns the training seconds."""
 
     def checkpoint(iteration: int) -> None:
         save_checkpoint(
@@ -468,7 +469,6 @@ def _train_loop(
             },
             out / CHECKPOINT,
         )
-        saved["iteration"] = iteration
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     # A static route trains with real skipping: only its paths are computed, so it trains at its
