@@ -361,8 +361,14 @@ def test_ctrl_c_while_a_checkpoint_is_written_keeps_the_old_one_and_no_temporary
 
 
 def _start(args: list[str]) -> subprocess.Popen:
+    """``python -m dr ARGS`` as a terminal starts it: SIGINT at its default (a parent, such as a test
+    runner that started notebook kernels, may ignore it, and children inherit that)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "dr", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "dr", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
