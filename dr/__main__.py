@@ -2,7 +2,12 @@
 
 import sys
 
-from dr.cli import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from dr.cli import main
+
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C while Python was still importing: no command had started
+        print("error: interrupted before the command started; nothing was changed", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,7 +1,8 @@
-"""Command line: ``python -m dr info | bench | bench-train | train | eval | adaptation | study | figures``.
+"""Command line: ``python -m dr info | bench | bench-train | train | eval | predict | adaptation | study | figures``.
 
-Bad input ends with a one-line message naming the problem and the fix, exit code 2 (no
-traceback); a diverged training ends with exit code 3, an interrupted one with 130.
+Bad input and file-system errors end with a one-line message naming the problem and the fix, exit
+code 2 (no traceback); a diverged training ends with exit code 3, an interrupted command (Ctrl-C)
+with 130 and a message saying what was kept.
 """
 
 from __future__ import annotations
@@ -9,12 +10,67 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import typing
 
 from dr.config import DEFAULT_SIZES, PRESETS, ConfigError, parse_size, preset
 from dr.routes import ROUTES, RouteError
 from dr.training.config import TrainConfig, flag
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of the command line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    integer.__name__ = f"integer >= {low}"
+    return integer
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales 0.75,1,1.25``: positive, finite numbers separated by commas."""
+    scales = []
+    for part in text.split(","):
+        try:
+            scale = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a number; give positive scales separated by commas, e.g. 0.75,1,1.25"
+            ) from None
+        if not (math.isfinite(scale) and scale > 0):
+            raise argparse.ArgumentTypeError(f"scale {part.strip()} must be a positive number, e.g. 0.75,1,1.25")
+        scales.append(scale)
+    return tuple(scales)
+
+
+def _option_type(parse, name: str):
+    """An argparse type for a :class:`TrainConfig` field: its message names what was expected."""
+    expected = {int: "an integer", float: "a number"}.get(parse)
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except (ValueError, TypeError) as error:
+            message = f"expected {expected}, got {text!r}" if expected else str(error).removeprefix(flag(name))
+            raise argparse.ArgumentTypeError(message.strip()) from None
+
+    convert.__name__ = getattr(parse, "__name__", name)
+    return convert
 
 
 def _size(args) -> tuple[int, int]:
@@ -59,11 +115,21 @@ def cmd_info(args) -> int:
 
 
 def _bench_setup(args):
-    """The preset and size of a benchmark command, after checking its options."""
+    """The preset and size of a benchmark command, after checking its options (and that one forward
+    of the batch can fit in memory: refused from an estimate, before anything is allocated)."""
+    from dr.bench.memory import check_memory
+
     _check_choice("preset", args.preset, PRESETS)
-    if args.batch < 1 or args.repeats < 1:
-        raise ConfigError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
-    return (preset(args.preset), *_size(args))
+    config, (height, width) = preset(args.preset), _size(args)
+    check_memory(
+        config,
+        height,
+        width,
+        args.batch,
+        what=f"--size {height}x{width} with --batch {args.batch}",
+        fix="choose a smaller --size or --batch",
+    )
+    return config, height, width
 
 
 def _printed_json(result: dict, args) -> bool:
@@ -79,7 +145,7 @@ def cmd_bench(args) -> int:
 
     config, height, width = _bench_setup(args)
     _check_choice("route", args.route, ROUTES)
-    if args.threads:
+    if args.threads:  # 0: torch's choice
         import torch
 
         torch.set_num_threads(args.threads)
@@ -140,7 +206,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
         if kinds[0] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = f.metadata.get("parse", kinds[0])
+            kwargs["type"] = _option_type(f.metadata.get("parse", kinds[0]), f.name)
             kwargs["metavar"] = f.name.upper()
         parser.add_argument(flag(f.name), **kwargs)
 
@@ -149,19 +215,25 @@ def cmd_train(args) -> int:
     from pathlib import Path
 
     from dr.training.checkpoint import CHECKPOINT, load_checkpoint
-    from dr.training.train import check_compatible, train
+    from dr.training.train import Interrupted, check_compatible, train
 
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    if args.resume:
-        path = Path(args.out) / CHECKPOINT
-        state = load_checkpoint(path)
-        cfg = dataclasses.replace(TrainConfig.from_dict(state["train_config"]), **explicit)
-        check_compatible(state, cfg, path)
-    else:
-        cfg = TrainConfig(**explicit)
-    metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    try:
+        if args.resume:
+            path = Path(args.out) / CHECKPOINT
+            state = load_checkpoint(path)
+            cfg = dataclasses.replace(TrainConfig.from_dict(state["train_config"]), **explicit)
+            check_compatible(state, cfg, path)
+        else:
+            cfg = TrainConfig(**explicit)
+        metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # while the options, the data or the folder were being checked
+        raise Interrupted("interrupted before training started; nothing was changed") from None
     _print_metrics(metrics, args.json)
-    print(f"wrote {Path(args.out) / 'metrics.json'}, routes.json, train_log.jsonl and checkpoint.pt", file=sys.stderr)
+    out = Path(args.out)
+    print(f"wrote {out / 'metrics.json'}, routes.json, config.json, train_log.jsonl and checkpoint.pt", file=sys.stderr)
     return 0
 
 
@@ -170,10 +242,11 @@ def cmd_eval(args) -> int:
 
     from dr.data import build_dataset, dataset_info
     from dr.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, saved_route
+    from dr.training.config import resolve_device
     from dr.training.evaluate import evaluate, save_routes, write_json
-    from dr.training.train import resolve_device, run_summary
+    from dr.training.train import run_summary
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # before the checkpoint: a missing device is not an unreadable file
     state = load_checkpoint(args.checkpoint, map_location=device)
     model, cfg = model_from_checkpoint(state, args.checkpoint, device)
     if args.preset is not None and args.preset != cfg.preset:
@@ -197,7 +270,7 @@ def cmd_eval(args) -> int:
         size=args.val_size if args.val_size is not None else cfg.val_size,
     )
     route = saved_route(state, model)
-    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else (1.0,)
+    scales = args.scales or (1.0,)
     metrics, routes = evaluate(
         model,
         dataset,
@@ -221,13 +294,49 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from dr.explore.predict import predict_images
+    from dr.training.config import resolve_device
+
+    device = resolve_device(args.device)
+    records = predict_images(args.checkpoint, args.images, args.out, device=device)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "images": records}, indent=2))
+        return 0
+    for r in records:
+        height, width = r["computed_at"]
+        resized = "" if [height, width] == [r["height"], r["width"]] else f", computed at {height}x{width}"
+        print(
+            f"{r['image']} ({r['height']}x{r['width']}{resized}): real {r['gflops']:.4f} GFLOPs, expected "
+            f"{r['gflops_expected']:.4f}; {r['num_open_paths']} of {r['num_paths']} paths open, "
+            f"{r['cells_computed']} cells computed"
+        )
+        print(f"  open paths: {_paths_by_layer(r['open_paths'])}")
+        print(f"  wrote {r['prediction']}, {r['route_figure']} and {r['record']}")
+    return 0
+
+
+def _paths_by_layer(paths) -> str:
+    """``L0 1/4:keep,down | L1 1/4:keep 1/8:keep,up``: open paths grouped by layer and scale."""
+    from itertools import groupby
+
+    from dr.space import STRIDES
+
+    layers = []
+    for layer, in_layer in groupby(paths, key=lambda p: p[0]):
+        scales = [
+            f"1/{STRIDES[scale]}:{','.join(p[2] for p in group)}"
+            for scale, group in groupby(in_layer, key=lambda p: p[1])
+        ]
+        layers.append(f"L{layer} {' '.join(scales)}")
+    return " | ".join(layers) or "none"
+
+
 def cmd_adaptation(args) -> int:
     from dr.data import build_dataset
     from dr.explore.adaptation import adaptation, route_records
     from dr.training.checkpoint import load_checkpoint, model_from_checkpoint, saved_route
 
-    if args.permutations < 1 or args.batch < 1:
-        raise ConfigError(f"--permutations and --batch must be >= 1, got {args.permutations} and {args.batch}")
     state = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(state, args.checkpoint)
     if saved_route(state, model) is not None:
@@ -274,7 +383,7 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dr", description="Dynamic routing for semantic segmentation.")
+    parser = Parser(prog="python -m dr", description="Dynamic routing for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="architecture summary: parameters and GFLOPs")
@@ -288,17 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--preset", default="paper-l16", help=f"one of {', '.join(PRESETS)}")
     bench.add_argument("--size", help="input HxW (default: the preset's evaluation size)")
     bench.add_argument("--route", default="fcn32s", help=f"one of {', '.join(ROUTES)}")
-    bench.add_argument("--batch", type=int, default=1)
-    bench.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bench.add_argument("--batch", type=at_least(1), default=1)
+    bench.add_argument("--repeats", type=at_least(1), default=5, help="timed rounds (median reported)")
+    bench.add_argument("--threads", type=at_least(0), default=0, help="torch threads (default 0: torch's choice)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=cmd_bench)
 
     bt = sub.add_parser("bench-train", help="training step time: Dynamic-Raw (small / full gate) vs Network-Fix")
     bt.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
     bt.add_argument("--size", help="crop HxW (default: the preset's size)")
-    bt.add_argument("--batch", type=int, default=8)
-    bt.add_argument("--repeats", type=int, default=10, help="timed rounds (median reported)")
+    bt.add_argument("--batch", type=at_least(1), default=8)
+    bt.add_argument("--repeats", type=at_least(1), default=10, help="timed rounds (median reported)")
     bt.add_argument("--json", action="store_true", help="print one JSON object")
     bt.set_defaults(func=cmd_bench_train)
 
@@ -323,21 +432,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="check the data set (it must be the one it was trained on)")
     ev.add_argument("--preset", help="check the checkpoint's preset")
     ev.add_argument("--split", default="val", help="split to evaluate (default val)")
-    ev.add_argument("--val-size", type=int, help="synthetic data: number of val images")
+    ev.add_argument("--val-size", type=at_least(1), help="synthetic data: number of val images")
     ev.add_argument("--flip", action="store_true", help="test-time augmentation: add the flipped image")
-    ev.add_argument("--scales", help="test-time augmentation: comma-separated scales, e.g. 0.75,1,1.25")
-    ev.add_argument("--batch", type=int, default=16, help="images per batch (same-size images only)")
-    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument(
+        "--scales", type=parse_scales, help="test-time augmentation: comma-separated scales, e.g. 0.75,1,1.25"
+    )
+    ev.add_argument("--batch", type=at_least(1), default=16, help="images per batch (same-size images only)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda (or cuda:N)")
     ev.add_argument("--out", help="folder for eval.json and eval_routes.json (default: the checkpoint's)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
-    ad = sub.add_parser("adaptation", help="do routes adapt to object size? Spearman rho, permutation p (Fig. 1)")
-    ad.add_argument("--checkpoint", required=True, help="a checkpoint.pt of a gated network")
-    ad.add_argument("--val-size", type=int, help="validation images (default: the run's)")
-    ad.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
-    ad.add_argument("--permutations", type=int, default=10000, help="shuffles of the permutation test (default 10000)")
-    ad.add_argument("--per-image", action="store_true", help="with --json: include every image's size and share")
+    pr = sub.add_parser(
+        "predict",
+        help="run a checkpoint on your own images: class map PNG, route diagram, GFLOPs",
+        description="For each IMAGE, write OUT/NAME_prediction.png (palette PNG of class indices), "
+        "OUT/NAME_route.png (the route it took) and OUT/NAME.json (real and expected GFLOPs, open paths).",
+    )
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size and mode PIL reads)")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'python -m dr train'")
+    pr.add_argument("--out", required=True, help="folder for the outputs (created if needed)")
+    pr.add_argument("--device", default="auto", help="auto, cpu or cuda (or cuda:N)")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.set_defaults(func=cmd_predict)
+
+    ad = sub.add_parser(
+        "adaptation", help="per image, object size against the route's fine share (Fig. 1): Spearman rho"
+    )
+    ad.add_argument("--checkpoint", required=True, help="a gated checkpoint.pt trained on the embedded data")
+    ad.add_argument("--val-size", type=at_least(1), help="number of val images (default: the run's)")
+    ad.add_argument("--batch", type=at_least(1), default=16, help="images per batch")
+    ad.add_argument("--permutations", type=at_least(1), default=10000, help="shuffles of the permutation test")
+    ad.add_argument("--per-image", action="store_true", help="with --json: every image's record too")
     ad.add_argument("--json", action="store_true", help="print one JSON object")
     ad.set_defaults(func=cmd_adaptation)
 
@@ -345,16 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="the reproduction study: train every row on several seeds, write results and figures"
     )
     st.add_argument("--out", default="runs/study", help="folder of the study's runs (default runs/study)")
-    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
-    st.add_argument("--iters", type=int, help="iterations per run (default 800; --fast: 6)")
+    st.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
+    st.add_argument("--iters", type=at_least(1), help="iterations per run (default 800; --fast: 6)")
     st.add_argument("--only", nargs="+", help="train only these rows (names as in dr.study.grid.VARIANTS)")
     st.add_argument("--fast", action="store_true", help="a reduced grid on tiny data (CI smoke run)")
     st.add_argument("--no-train", action="store_true", help="only collect what the runs in --out measured")
     st.add_argument("--checkpoints", default="checkpoints", help="shipped checkpoints reused as seed-0 runs")
     st.add_argument("--results", help="results JSON (default OUT/reproduction.json)")
     st.add_argument("--figures", help="folder for the study's figures (default OUT/figures)")
-    st.add_argument("--jobs", type=int, default=1, help="training processes sharing the grid (default 1)")
-    st.add_argument("--secondary-seeds", type=int, help="at most this many seeds for rows outside Table 1")
+    st.add_argument("--jobs", type=at_least(1), default=1, help="training processes sharing the grid (default 1)")
+    st.add_argument("--secondary-seeds", type=at_least(1), help="at most this many seeds for rows outside Table 1")
     st.add_argument("--train-only", action="store_true", help="train, do not collect (used by --jobs)")
     st.add_argument("--quiet", action="store_true", help="no progress bars")
     st.set_defaults(func=cmd_study)
@@ -378,12 +504,18 @@ def cmd_study(args) -> int:
 
     from dr.explore.figures import study_figures
     from dr.study.collect import collect
-    from dr.study.grid import FAST_VARIANTS, ITERS
+    from dr.study.grid import FAST_VARIANTS, ITERS, VARIANTS
     from dr.study.report import verdict_table, write_results
     from dr.study.runner import run_study
 
     seeds = tuple(args.seeds)
     iters = args.iters or (6 if args.fast else ITERS)
+    rows = [v.name for v in VARIANTS]
+    unknown = [name for name in args.only or () if name not in rows]
+    if unknown:
+        raise ConfigError(
+            f"unknown row {', '.join(map(repr, unknown))} (--only); the rows are: {', '.join(map(repr, rows))}"
+        )
     names = set(args.only) if args.only else (set(FAST_VARIANTS) if args.fast else None)
     extra = {"train_size": 64, "val_size": 12} if args.fast else None
     if not args.no_train and args.jobs > 1:  # N processes share the grid, each with its share of the cores
@@ -435,9 +567,16 @@ def cmd_study(args) -> int:
         return 0
     results = collect(args.out, seeds=seeds, iters=iters, fast=args.fast)
     results_path = Path(args.results) if args.results else Path(args.out) / "reproduction.json"
-    write_results(results, results_path)
-    for path in study_figures(results, args.figures or Path(args.out) / "figures"):
+    figures = Path(args.figures) if args.figures else Path(args.out) / "figures"
+    if not results["rows"]:  # nothing measured: the results and figures already there stay as they are
+        raise ConfigError(
+            f"no finished runs in {args.out} (no RUN/metrics.json for seeds {' '.join(map(str, seeds))}); "
+            f"nothing was written to {results_path} or {figures}: train first (drop --no-train) or pass the "
+            "study's --out"
+        )
+    for path in study_figures(results, figures):  # every figure drawn before the first is written
         print(path)
+    write_results(results, results_path)
     print(verdict_table(results))
     print(f"wrote {results_path}", file=sys.stderr)
     return 0
@@ -453,6 +592,7 @@ def cmd_figures(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dr.training.files import describe
     from dr.training.train import TrainingError
 
     try:
@@ -463,9 +603,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept: continue with --resume", file=sys.stderr)
+    except KeyboardInterrupt as error:  # train's says what it kept; elsewhere nothing is half-written
+        print(f"error: {str(error) or 'interrupted (Ctrl-C); nothing was half-written'}", file=sys.stderr)
         return 130
+    except OSError as error:  # the file system, where no message of ours names it better
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{describe(error)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and "memory" not in str(error).lower():
+            raise  # a bug: its traceback is what helps
+        print(f"error: out of memory ({_one_line(error)[:120]}); use smaller inputs or batches", file=sys.stderr)
+        return 2
 
 
 def _one_line(error: Exception) -> str:
@@ -473,4 +622,4 @@ def _one_line(error: Exception) -> str:
     text = str(error)
     if "Traceback" in text:
         text = text.strip().splitlines()[-1].split(": ", 1)[-1]
-    return text
+    return " ".join(text.split()) or type(error).__name__

@@ -45,6 +45,15 @@ def test_conda_environment_names_the_same_packages_and_ranges_as_pyproject():
     assert {k: conda[k] for k in pip} == pip
 
 
+def test_conda_environment_uses_conda_forge_only():
+    """The ``pytorch`` channel stopped publishing after PyTorch 2.5: conda-forge carries it now."""
+    text = (ROOT / "environment.yml").read_text()
+    block = text.split("channels:", 1)[1].split("dependencies:", 1)[0]
+    channels = [line.strip()[2:].strip() for line in block.splitlines() if line.strip().startswith("- ")]
+    assert channels and set(channels) <= {"conda-forge", "nodefaults"} and channels[0] == "conda-forge", channels
+    assert "::" not in text.split("dependencies:", 1)[1], "a package pinned to another channel"
+
+
 def test_ci_constraints_pin_versions_inside_the_user_ranges():
     from packaging.specifiers import SpecifierSet
 

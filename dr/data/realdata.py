@@ -204,12 +204,15 @@ def voc_aug_available(root: str) -> bool:
 def read_name_list(path: str) -> list[str]:
     """Image names of a split list: one per line, either a bare name or the
     ``/JPEGImages/NAME.jpg /SegmentationClassAug/NAME.png`` form of the common train_aug.txt."""
-    names = []
-    with open(path) as file:
-        for line in file:
-            if line.strip():
-                names.append(os.path.splitext(os.path.basename(line.split()[0]))[0])
-    return names
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"split list {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "it should list one image name per line: rewrite it, or run data_scripts/prepare_voc.py"
+        ) from None
+    return [os.path.splitext(os.path.basename(line.split()[0]))[0] for line in lines if line.strip()]
 
 
 def voc_files(root: str, split: str) -> tuple[list[tuple[str, str]], str]:
@@ -245,6 +248,7 @@ def voc_files(root: str, split: str) -> tuple[list[tuple[str, str]], str]:
                 UserWarning,
                 stacklevel=3,
             )
+        read_name_list(list_path)  # a list torchvision cannot decode is named here, not in its traceback
         try:
             listing = datasets.VOCSegmentation(os.fspath(root), year="2012", image_set=split)
         except (RuntimeError, OSError) as error:

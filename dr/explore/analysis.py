@@ -30,7 +30,7 @@ class ImageRoute:
     name: str
     regime: str
     image: torch.Tensor  # (3, H, W), normalised
-    label: torch.Tensor  # (H, W)
+    label: torch.Tensor | None  # (H, W); None for an image without ground truth
     prediction: torch.Tensor  # (H, W)
     weights: dict[Path, float]  # alpha of every path out of a node that ran (0 for closed paths)
     running: set[Node]  # cells computed
@@ -47,7 +47,7 @@ class ImageRoute:
 
 @torch.no_grad()
 def route_of(model: DynamicRoutingNet, sample: dict, *, route: Route | None = None) -> ImageRoute:
-    """Run ``model`` on one data set sample (dict with ``image``, ``label``, ``name``, ``regime``)."""
+    """Run ``model`` on one data set sample (dict with ``image`` and optionally ``label``, ``name``, ``regime``)."""
     model.eval()
     image = sample["image"]
     out = model(image.unsqueeze(0), route=route, mode="skip")
@@ -62,7 +62,7 @@ def route_of(model: DynamicRoutingNet, sample: dict, *, route: Route | None = No
         name=str(sample.get("name", "")),
         regime=str(sample.get("regime", "")),
         image=image,
-        label=sample["label"],
+        label=sample.get("label"),
         prediction=out.logits[0].argmax(dim=0),
         weights=weights,
         running=running,

@@ -35,6 +35,7 @@ from dr.explore.visualise import (
 from dr.routes import CLASSIC_ROUTES, named_route
 from dr.space import RoutingSpace
 from dr.summary import summarize
+from dr.training.files import atomic_write
 
 #: Table 1's GFLOPs of the classic routes (Layer16, 1024x2048), for the subtitles
 PAPER_ROUTE_GFLOPS = {"fcn32s": 35.1, "deeplabv3": 42.5, "unet": 53.9, "hrnetv2": 62.5, "autodeeplab": 33.1}
@@ -75,9 +76,7 @@ def make_figures(
     written = []
 
     def save(fig, name):
-        path = out / name
-        fig.savefig(path, dpi=DPI)
-        written.append(path)
+        written.append(save_figure(fig, out / name))
 
     space = RoutingSpace(16)
     save(
@@ -169,29 +168,25 @@ def make_figures(
     return written
 
 
+def save_figure(fig, path) -> FilePath:
+    """Write a figure as PNG through a temporary file: a reader never sees half a PNG."""
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+
+
 def study_figures(results: dict, out) -> list[FilePath]:
     """The study's figures, drawn from the results alone: scale use per regime (Fig. 1), gate
-    histograms (Fig. 5), mIoU against cost of every row, and mIoU per regime of Table 1's rows."""
-    out = FilePath(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def save(fig, name):
-        fig.savefig(out / name, dpi=110)
-        written.append(out / name)
-
+    histograms (Fig. 5), mIoU against cost of every row, and mIoU per regime of Table 1's rows.
+    Every figure is drawn before the first is written, so a failure leaves the old ones as they were."""
     rows = results["rows"]
+    figures = {}
     if results["fig1"]:
-        save(
-            plot_scale_usage(
-                {n: r["usage"] for n, r in results["fig1"].items()},
-                title=f"share of paths open out of each scale, by image regime, mean of "
-                f"{len(results['seeds'])} seeds (Fig. 1 analogue)",
-            ),
-            "study_scale_usage.png",
+        figures["study_scale_usage.png"] = plot_scale_usage(
+            {n: r["usage"] for n, r in results["fig1"].items()},
+            title=f"share of paths open out of each scale, by image regime, mean of "
+            f"{len(results['seeds'])} seeds (Fig. 1 analogue)",
         )
     if results["fig5"]:
-        save(plot_gate_histograms(results["fig5"]), "study_gate_distribution.png")
+        figures["study_gate_distribution.png"] = plot_gate_histograms(results["fig5"])
     points = [
         {
             "name": n,
@@ -202,13 +197,12 @@ def study_figures(results: dict, out) -> list[FilePath]:
         }
         for n, r in rows.items()
     ]
-    save(plot_miou_vs_cost(points), "study_miou_vs_cost.png")
+    if points:
+        figures["study_miou_vs_cost.png"] = plot_miou_vs_cost(points)
     table1 = [n for n in results["tables"]["table1"] if n in rows]
-    save(
-        plot_regime_miou(
+    if table1:
+        figures["study_regime_miou.png"] = plot_regime_miou(
             {n: {g: rows[n][f"miou_{g}"]["mean"] for g in REGIMES} for n in table1},
             {n: {g: rows[n][f"miou_{g}"]["std"] for g in REGIMES} for n in table1},
-        ),
-        "study_regime_miou.png",
-    )
-    return written
+        )
+    return [save_figure(fig, FilePath(out) / name) for name, fig in figures.items()]

@@ -1,13 +1,13 @@
 """Training the study's grid: resumable, shareable between processes (``python -m dr study --jobs N``).
 
-Each run is claimed by the process that trains it (a ``.claim`` file holding its PID; a claim whose
-process is gone is taken over), a common network waits for the dynamic run whose routes it needs,
-and a finished run (its ``metrics.json`` exists) is never trained again.
+Each run is claimed by the process that trains it (the lock of its folder, the one ``python -m dr
+train`` takes: :class:`dr.training.files.FolderLock`; the lock of a killed process is taken over),
+a common network waits for the dynamic run whose routes it needs, and a finished run (its
+``metrics.json`` exists) is never trained again.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path as FilePath
@@ -15,6 +15,7 @@ from pathlib import Path as FilePath
 from dr.study.grid import ITERS, SEEDS, SHIPPED, VARIANTS, Variant, config_for, planned_runs, run_dir
 from dr.training.checkpoint import CHECKPOINT, LOG, METRICS, ROUTES_FILE, load_checkpoint
 from dr.training.config import TrainConfig, differences
+from dr.training.files import FolderLock
 from dr.training.train import train
 
 
@@ -23,24 +24,15 @@ def _same_run(saved: dict, cfg: TrainConfig) -> bool:
     return not differences(TrainConfig.from_dict(saved), cfg)
 
 
-def _claim(folder: FilePath) -> bool:
-    """Claim a run for this process (a ``.claim`` file holding its PID); a claim whose process is
-    gone is taken over. Lets several ``run_study`` processes share one grid."""
+def _claim(folder: FilePath) -> FolderLock | None:
+    """Claim a run for this process: the lock of its folder, or ``None`` while another process
+    holds it. Lets several ``run_study`` processes share one grid."""
     folder.mkdir(parents=True, exist_ok=True)
-    claim = folder / ".claim"
-    try:
-        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(claim.read_text() or 0)
-            os.kill(pid, 0)  # alive: someone else is on it
-            return pid == os.getpid()
-        except (ValueError, ProcessLookupError, PermissionError, FileNotFoundError):
-            claim.unlink(missing_ok=True)  # stale claim of a killed process
-            return _claim(folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
+    lock = FolderLock(folder)
+    if not lock.acquire():
+        return None
+    (folder / ".claim").unlink(missing_ok=True)  # the claim file of earlier versions
+    return lock
 
 
 def run_study(
@@ -76,13 +68,15 @@ def run_study(
             if variant.common_of and not (run_dir(out, variant.common_of, seed) / METRICS).exists():
                 waiting.append((variant, seed))  # its dynamic run is not finished yet
                 continue
-            if not _claim(folder):
+            claim = _claim(folder)
+            if claim is None:
                 waiting.append((variant, seed))  # another process trains it
                 continue
-            _train_one(
-                out, variant, seed, iters, extra, shipped, progress, f"{plan.index((variant, seed)) + 1}/{len(plan)}"
-            )
-            (folder / ".claim").unlink(missing_ok=True)
+            label = f"{plan.index((variant, seed)) + 1}/{len(plan)}"
+            try:
+                _train_one(out, variant, seed, iters, extra, shipped, progress, label)
+            finally:
+                claim.release()
         if waiting and len(waiting) == len(pending):
             time.sleep(poll_seconds)  # everything left is someone else's or waits for them
         pending = waiting

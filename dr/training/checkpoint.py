@@ -1,20 +1,20 @@
 """Checkpoints and run folders: written atomically, read without executing code.
 
-A training run writes one folder (``python -m dr train --out DIR``): :data:`CHECKPOINT`,
-:data:`LOG`, :data:`METRICS` and :data:`ROUTES_FILE`.
+A training run writes one folder (``python -m dr train --out DIR``): :data:`CONFIG` (at its
+start), :data:`LOG`, :data:`CHECKPOINT`, :data:`METRICS` and :data:`ROUTES_FILE`, holding the
+folder's lock (:class:`dr.training.files.FolderLock`) while it runs.
 
 A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts, so
 ``torch.load(..., weights_only=True)`` can read it: a file that would run code when unpickled is
 refused instead of executed. It is first written to a temporary file in the same folder, flushed
-to disk and then renamed over the old one, so a run killed mid-write leaves the previous
-checkpoint intact.
+to disk and then renamed over the old one (:func:`dr.training.files.atomic_write`), so a run
+killed mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,12 +24,16 @@ from dr.config import ConfigError, ModelConfig
 from dr.model import DynamicRoutingNet
 from dr.routes import Route
 from dr.training.config import TrainConfig
+from dr.training.files import atomic_write
 
 #: the files of a run folder
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 METRICS = "metrics.json"
 ROUTES_FILE = "routes.json"
+CONFIG = "config.json"
+#: the files a run writes through a temporary (whose leftovers a new run removes)
+RUN_FILES = (CHECKPOINT, METRICS, ROUTES_FILE, CONFIG)
 
 FORMAT = "dr-checkpoint"
 VERSION = 1
@@ -39,25 +43,6 @@ REQUIRED = ("format", "version", "model", "model_config", "train_config", "itera
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message says why and what to do."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, flush it to disk, then
-    rename it over ``path``: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

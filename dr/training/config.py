@@ -8,12 +8,22 @@ may change when a run is resumed (it does not change the result).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import torch
 
 from dr.budget import BUDGETS
-from dr.config import GATE_INITS, GATED_ACTIVATIONS, PRESETS, ConfigError, ModelConfig, parse_size, preset
+from dr.config import (
+    GATE_INITS,
+    GATED_ACTIVATIONS,
+    MIN_INPUT_SIDE,
+    PRESETS,
+    SEPCONV_REPEATS,
+    ConfigError,
+    ModelConfig,
+    preset,
+)
 from dr.data import DATASETS
 from dr.routes import ROUTES, RouteError
 
@@ -23,9 +33,22 @@ BUDGET_CHOICES = ("none", *BUDGETS, "kl")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def parse_crop(text: str) -> tuple[int, int]:
-    """A training crop given as ``HxW`` or as one side ``N`` (a square)."""
-    return parse_size(text if "x" in str(text) else f"{text}x{text}")
+def parse_crop(value) -> tuple[int, int]:
+    """A training crop (H, W) from ``"HxW"``, one side ``N`` (a square) as text or int, or a pair
+    ``[H, W]``: the command line passes text, papermill ``-p crop 64`` an int."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        value = "x".join(str(v) for v in value)
+    text = str(value).lower().replace(" ", "")
+    parts = text.split("x")
+    if isinstance(value, (bool, float)) or len(parts) > 2 or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise ConfigError(f"--crop must be HxW or N (a square), e.g. 96x128 or 128, got {value!r}")
+    height, width = (int(parts[0]), int(parts[-1]))
+    if min(height, width) < MIN_INPUT_SIDE:
+        raise ConfigError(
+            f"--crop {height}x{width} is too small: each side must be >= {MIN_INPUT_SIDE} "
+            "because the network down-samples by 32"
+        )
+    return height, width
 
 
 def option(default, help: str, **flags):
@@ -80,7 +103,11 @@ class TrainConfig:
     log_every: int = option(10, "iterations between lines of train_log.jsonl", resumable=True)
     eval_batch: int = option(16, "evaluation batch", resumable=True)
     workers: int = option(0, "data loader worker processes", resumable=True)
-    device: str = option("auto", f"device: {' | '.join(DEVICES)}", resumable=True)
+    device: str = option("auto", f"device: {' | '.join(DEVICES)} (or cuda:N)", resumable=True)
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:  # "64", 64, [96, 128] and "96x128" all mean a crop (H, W)
+            self.crop = parse_crop(self.crop)
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -91,8 +118,6 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {"gate_init": "small"} | {k: v for k, v in values.items() if k in known}  # saved before gate_init
-        if values.get("crop"):
-            values["crop"] = tuple(values["crop"])
         return cls(**values)
 
     @classmethod
@@ -120,14 +145,75 @@ def _check_choice(name: str, value, choices, what: str) -> None:
         raise ConfigError(f"unknown {what} {value!r} ({flag(name)}); choose one of {', '.join(choices)}")
 
 
+def resolve_device(name: str, option: str = "--device") -> torch.device:
+    """The device ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` names here; :class:`ConfigError` if it
+    is unknown or absent (checked before a checkpoint is read or a folder written)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", str(name)):
+        raise ConfigError(f"unknown device {name!r} ({option}); choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{option} {name} asked for, but PyTorch sees no CUDA device here; use {option} cpu")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{option} {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    return torch.device(name)
+
+
+#: the range of every numeric option: (lowest, highest, the lowest allowed?, the highest allowed?, integer?)
+RANGES = {
+    "iters": (1, None, True, False, True),
+    "batch": (1, None, True, False, True),
+    "checkpoint_every": (1, None, True, False, True),
+    "log_every": (1, None, True, False, True),
+    "eval_batch": (1, None, True, False, True),
+    "warmup": (0, None, True, False, True),
+    "seed": (0, 2**32 - 1, True, True, True),
+    "workers": (0, None, True, False, True),
+    "train_size": (1, None, True, False, True),
+    "val_size": (1, None, True, False, True),
+    "lr": (0, None, False, False, False),
+    "gate_lr": (0, None, False, False, False),
+    "clip": (0, None, False, False, False),
+    "momentum": (0, None, True, False, False),
+    "weight_decay": (0, None, True, False, False),
+    "kl_weight": (0, None, True, False, False),
+    "kl_target": (0, 1, False, False, False),
+    "drop_path": (0, 1, True, False, False),
+    "common_threshold": (0, 1, True, False, False),
+}
+
+
+def check_range(option: str, value, low, high=None, low_in=True, high_in=False, integer=False) -> None:
+    """Raise :class:`ConfigError` naming ``option`` unless ``value`` is a finite number in the range
+    (an integer if ``integer``): ``--seed must be an integer >= 0, got -1``."""
+    kind = "an integer" if integer else "a number"
+    if high is None:
+        wanted = f"{kind} {'>=' if low_in else '>'} {low}" if low != 0 or low_in or integer else "a positive number"
+    else:
+        wanted = f"{kind} in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+    number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = (
+        number
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= low if low_in else value > low)
+        and (high is None or (value <= high if high_in else value < high))
+    )
+    if not ok:
+        raise ConfigError(f"{option} must be {wanted}, got {value!r}")
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Reject settings that cannot work, naming the option and the allowed values (ConfigError / RouteError)."""
     _check_choice("preset", cfg.preset, PRESETS, "preset")
     _check_choice("data", cfg.data, DATASETS, "data set")
     _check_choice("budget", cfg.budget, BUDGET_CHOICES, "budget")
     _check_choice("activation", cfg.activation, GATED_ACTIVATIONS, "gate activation")
-    _check_choice("device", cfg.device, DEVICES, "device")
     _check_choice("gate_init", cfg.gate_init, GATE_INITS, "gate init")
+    resolve_device(cfg.device)
     if cfg.route is not None and cfg.route not in ROUTES and not cfg.route.endswith(".json"):
         raise RouteError(
             f"unknown route {cfg.route!r}; choose one of {', '.join(ROUTES)} or pass a routes.json "
@@ -135,23 +221,16 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.route is not None and cfg.budget not in ("none", "raw"):
         raise ConfigError(f"a static route has no gates, so budget {cfg.budget!r} cannot apply; drop --budget")
-    for name in ("iters", "batch", "checkpoint_every", "log_every", "eval_batch"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("lr", "gate_lr", "clip"):
+    for name, limits in RANGES.items():
         value = getattr(cfg, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{flag(name)} must be a positive number, got {value}")
-    for name in ("momentum", "weight_decay", "kl_weight"):
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{flag(name)} must be a number >= 0, got {value}")
-    if not 0 < cfg.kl_target < 1:
-        raise ConfigError(f"--kl-target must lie in (0, 1), got {cfg.kl_target}")
-    if not 0 <= cfg.drop_path < 1:
-        raise ConfigError(f"--drop-path must lie in [0, 1), got {cfg.drop_path}")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+        if value is not None or name not in ("warmup", "train_size", "val_size"):
+            check_range(flag(name), value, *limits)
+    if cfg.sepconv_repeats is not None and cfg.sepconv_repeats not in SEPCONV_REPEATS:
+        raise ConfigError(
+            f"--sepconv-repeats must be one of {', '.join(map(str, SEPCONV_REPEATS))}, got {cfg.sepconv_repeats!r}"
+        )
+    if cfg.crop is not None:
+        parse_crop(cfg.crop)
 
 
 def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from dr.data.base import IGNORE_INDEX
 from dr.model import RoutingOutput
-from dr.routes import Route, RouteError, common_route
+from dr.routes import RouteError
 from dr.space import Path, RoutingSpace
-from dr.training.checkpoint import atomic_write
+from dr.training.files import atomic_write, describe
 from dr.training.metrics import ConfusionMatrix
 
 ROUTES_FORMAT = "dr-routes"
@@ -198,26 +198,46 @@ def save_routes(routes: dict, path) -> None:
 
 
 def load_routes(path) -> tuple[RoutingSpace, list[dict], list[frozenset[Path]]]:
-    """Read a routes file: the space, the image records and each image's set of open paths."""
+    """Read a routes file: the space, the image records and each image's set of open paths.
+
+    Anything that does not hold (JSON, the format tag, the depth and its path list, each image's
+    ``open`` list of path indices) is a :class:`RouteError` naming the file and the record."""
     path = FilePath(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, not JSON
+        reason = describe(error) if isinstance(error, OSError) else f"{type(error).__name__}: {str(error)[:80]}"
         raise RouteError(
-            f"cannot read routes file {path} ({type(error).__name__}); pass the routes.json "
+            f"cannot read routes file {path} ({reason}); pass the routes.json "
             "that 'python -m dr train' or 'python -m dr eval' wrote"
         ) from None
     if not isinstance(data, dict) or data.get("format") != ROUTES_FORMAT:
         raise RouteError(f"{path} is not a dr routes file; pass the routes.json written by 'python -m dr eval'")
-    space = RoutingSpace(int(data["depth"]))
-    paths = [Path(int(l), int(s), str(d)) for l, s, d in data["paths"]]
+
+    def bad(what: str) -> RouteError:
+        return RouteError(f"bad routes file {path}: {what}; regenerate it with 'python -m dr eval'")
+
+    depth = data.get("depth")
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise bad(f"'depth' must be an integer >= 1, got {depth!r}")
+    space = RoutingSpace(depth)
+    try:
+        paths = [Path(int(l), int(s), str(d)) for l, s, d in data.get("paths", [])]
+    except (TypeError, ValueError):
+        raise bad("'paths' must list [layer, scale, direction] triples") from None
     if paths != list(space.paths):
         raise RouteError(f"{path} lists paths that do not match a space of depth {space.depth}")
-    per_image = [frozenset(paths[i] for i in record["open"]) for record in data["images"]]
-    return space, data["images"], per_image
-
-
-def common_route_from_file(path, threshold: float = 0.95, name: str | None = None) -> Route:
-    """The common network (Sec. 4.3) of the per-image routes saved in ``path``."""
-    space, _, per_image = load_routes(path)
-    return common_route(per_image, threshold, name or f"common({FilePath(path).name})")
+    images = data.get("images")
+    if not isinstance(images, list) or not images:
+        raise bad("it lists no images")
+    per_image = []
+    for k, record in enumerate(images):
+        name = f"image {k}" + (f" ({record.get('name')!r})" if isinstance(record, dict) and "name" in record else "")
+        opened = record.get("open") if isinstance(record, dict) else None
+        if not isinstance(opened, list):
+            raise bad(f"{name} has no 'open' list of path indices")
+        wrong = [i for i in opened if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(paths)]
+        if wrong:
+            raise bad(f"{name} opens path {wrong[0]!r}, not an index in 0..{len(paths) - 1}")
+        per_image.append(frozenset(paths[i] for i in opened))
+    return space, images, per_image

@@ -15,6 +15,7 @@ RNG states, so ``--resume`` after a kill ends exactly where an uninterrupted run
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import fields
@@ -30,40 +31,61 @@ from dr.data import build_dataset, dataset_info
 from dr.data.base import IGNORE_INDEX
 from dr.gate import SoftConditionalGate, gumbel_temperature
 from dr.model import DynamicRoutingNet
-from dr.routes import ROUTES, Route, RouteError, named_route
+from dr.routes import ROUTES, Route, RouteError, common_route, named_route
 from dr.training.checkpoint import (
     CHECKPOINT,
+    CONFIG,
     LOG,
     METRICS,
     ROUTES_FILE,
+    RUN_FILES,
     CheckpointError,
     load_checkpoint,
     load_model_state,
     save_checkpoint,
 )
-from dr.training.config import TrainConfig, check_config, flag, model_config
-from dr.training.evaluate import common_route_from_file, evaluate, save_routes, write_json
+from dr.training.config import TrainConfig, check_config, flag, model_config, resolve_device
+from dr.training.evaluate import evaluate, load_routes, save_routes, write_json
+from dr.training.files import (
+    FolderLock,
+    LockedError,
+    OutputError,
+    atomic_write,
+    describe,
+    prepare_folder,
+    remove_stale_temporaries,
+)
+from dr.training.record import write_run_config
 
 
 class TrainingError(RuntimeError):
     """Training had to stop (the loss diverged); the message says what was kept."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says what was kept (a checkpoint, or nothing)."""
 
 
 def resolve_route(cfg: TrainConfig, model: DynamicRoutingNet) -> Route | None:
-    """The static route to train, or None for the whole space."""
+    """The static route to train, or None for the whole space. The common network of a routes file
+    must come from a space of the same depth and hold at least one path."""
     if cfg.route is None:
         return None
     if cfg.route in ROUTES:
         return named_route(cfg.route, model.space)
-    route = common_route_from_file(cfg.route, cfg.common_threshold)
-    if any(p.layer > model.space.depth for p in route.paths):
-        raise RouteError(f"routes file {cfg.route} comes from a deeper network than preset {cfg.preset!r}")
+    space, _, per_image = load_routes(cfg.route)
+    if space.depth != model.space.depth:
+        raise RouteError(
+            f"routes file {cfg.route} comes from a network of depth {space.depth}, not preset "
+            f"{cfg.preset!r} (depth {model.space.depth}); pass the routes.json of a {cfg.preset!r} run"
+        )
+    route = common_route(per_image, cfg.common_threshold, f"common({Path(cfg.route).name})")
+    if not route.paths:
+        raise RouteError(
+            f"the common network of {cfg.route} at --common-threshold {cfg.common_threshold} is empty: no path "
+            f"is open in more than {cfg.common_threshold:.0%} of its {len(per_image)} images; lower "
+            "--common-threshold (nothing was trained)"
+        )
     return route
 
 
@@ -165,17 +187,18 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run starts from."""
+    """Drop log lines written after the checkpoint a resumed run starts from (and half lines)."""
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             if json.loads(line)["iter"] <= iteration:
                 keep.append(line)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             continue
-    path.write_text("".join(line + "\n" for line in keep))
+    text = "".join(line + "\n" for line in keep)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def make_budget(cfg: TrainConfig, model: DynamicRoutingNet, total_cost: float) -> Budget | None:
@@ -275,61 +298,140 @@ def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device) -> dict 
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train, checkpoint, evaluate; returns the final metrics (also written to ``out/metrics.json``)."""
+    """Train, checkpoint, evaluate; returns the final metrics (also written to ``out/metrics.json``).
+
+    Everything that can be refused is checked before ``out`` is created; the run then holds the
+    folder's lock (a second run on it is refused) and writes ``config.json`` first. A new run that
+    stops before its first checkpoint (an error, Ctrl-C) removes what it wrote, so the folder is
+    as it was; a loss that diverges keeps its log. Ctrl-C raises :class:`Interrupted` and a file
+    that cannot be written :class:`OutputError`, each saying which checkpoint is kept."""
     check_config(cfg)
     out = Path(out)
     device = resolve_device(cfg.device)
-    state = _resumable_state(cfg, out, resume, device)
     info = dataset_info(cfg.data)
     crop = cfg.crop or info.train_crop
     train_set = build_dataset(
         cfg.data, "train", root=cfg.data_root, train=True, crop=crop, seed=cfg.seed, size=cfg.train_size
     )
     val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
-    model, route, optimizer, scheduler, budget, total_cost = build_run(cfg, device, state and state.get("route"))
-    start, seconds = 0, 0.0
-    if state is not None:
-        load_model_state(model, state, out / CHECKPOINT)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start, seconds = int(state["iteration"]), float(state["seconds"])
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        _truncate_log(out / LOG, start)
-    else:
-        (out / LOG).write_text("")
-    seconds = _train_loop(
-        cfg,
-        out,
-        model,
-        route,
-        optimizer,
-        scheduler,
-        budget,
-        total_cost,
-        train_set,
-        device,
-        start=start,
-        seconds=seconds,
-        progress=progress,
-        resumed=resume,
-    )
-    metrics, routes = evaluate(
-        model,
-        val_set,
-        num_classes=info.num_classes,
-        class_names=info.class_names,
-        batch_size=cfg.eval_batch,
-        device=device,
-        progress=progress,
-        workers=cfg.workers,
-        route=route,
-    )
-    metrics.update(run_summary(cfg, model, route, cfg.iters, seconds, crop))
-    save_routes(routes, out / ROUTES_FILE)
-    write_json(metrics, out / METRICS)
+    created = prepare_folder(out)
+    lock = FolderLock(out)
+    if not lock.acquire():
+        if created:
+            out.rmdir()
+        raise LockedError(
+            f"{out} is being written by another run: its lock {lock.path} is held by {lock.describe_holder()}; "
+            "wait for it to finish or choose another --out (nothing was changed)"
+        )
+    written: list[Path] = []  # what this call wrote: removed again if a new run stops before its first checkpoint
+    try:
+        if lock.stale_holder:
+            print(
+                f"note: took over {lock.path}, left by process {lock.stale_holder.get('pid')} which is no "
+                "longer running",
+                file=sys.stderr,
+            )
+        state = _resumable_state(cfg, out, resume, device)
+        return _run(cfg, out, state, device, train_set, val_set, crop, info, progress, written)
+    except TrainingError:
+        raise  # the log of a diverged run shows how it diverged: kept
+    except BaseException:
+        if not resume and not (out / CHECKPOINT).exists():  # nothing to resume: leave no half run
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        lock.release()
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, info, progress: bool, written) -> dict:
+    """The body of :func:`train`, holding the folder's lock; ``written`` collects the files it starts."""
+    resume = state is not None
+    start = int(state["iteration"]) if resume else 0
+    try:
+        model, route, optimizer, scheduler, budget, total_cost = build_run(cfg, device, state and state.get("route"))
+        seconds = 0.0
+        if state is not None:
+            load_model_state(model, state, out / CHECKPOINT)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"])
+            seconds = float(state["seconds"])
+        remove_stale_temporaries(out, RUN_FILES)  # of writes killed before their rename
+        written.append(out / CONFIG)
+        write_run_config(out / CONFIG, cfg, model, route, crop, device=device, start=start)
+        if resume:
+            _truncate_log(out / LOG, start)
+        else:
+            written.append(out / LOG)
+            (out / LOG).write_text("")
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted before training started; {_kept(out)}") from None
+    except OSError as error:
+        raise OutputError(f"cannot write to {out}: {describe(error)}; choose a folder you can write to") from None
+    bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress, unit="it", dynamic_ncols=True)
+    try:
+        seconds = _train_loop(
+            cfg,
+            out,
+            model,
+            route,
+            optimizer,
+            scheduler,
+            budget,
+            total_cost,
+            train_set,
+            device,
+            start=start,
+            seconds=seconds,
+            bar=bar,
+            resumed=resume,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while training; {_kept(out)}") from None
+    except OSError as error:  # a full disk while logging (OutputError, from a checkpoint, is not an OSError)
+        raise OutputError(f"cannot write to {out}: {describe(error)}; training stopped and {_kept(out)}") from None
+    except OutputError as error:
+        raise OutputError(f"{error}; training stopped and {_kept(out)}") from None
+    finally:
+        bar.close()
+    try:
+        metrics, routes = evaluate(
+            model,
+            val_set,
+            num_classes=info.num_classes,
+            class_names=info.class_names,
+            batch_size=cfg.eval_batch,
+            device=device,
+            progress=progress,
+            workers=cfg.workers,
+            route=route,
+        )
+        metrics.update(run_summary(cfg, model, route, cfg.iters, seconds, crop))
+        save_routes(routes, out / ROUTES_FILE)
+        write_json(metrics, out / METRICS)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during the final evaluation; {_kept(out)}, so --resume evaluates it") from None
+    except OutputError as error:
+        raise OutputError(f"{error}; {_kept(out)}, so --resume evaluates it") from None
     return metrics
+
+
+def _kept(out: Path) -> str:
+    """What a stopped run leaves to continue from: the checkpoint as it is on disk now (its iteration
+    read without loading its tensors), so the message holds whatever moment the run stopped at."""
+    path = out / CHECKPOINT
+    if not path.exists():
+        return "no checkpoint had been written yet, so there is nothing to resume: start the run again"
+    try:
+        iteration = (
+            f" of iteration {int(torch.load(path, map_location='cpu', weights_only=True, mmap=True)['iteration'])}"
+        )
+    except Exception:  # unreadable: still the last one written whole (writes are atomic)
+        iteration = ""
+    return f"the checkpoint {path}{iteration} is kept: continue with --resume"
 
 
 def _train_loop(
@@ -346,10 +448,11 @@ def _train_loop(
     *,
     start: int,
     seconds: float,
-    progress: bool,
+    bar,
     resumed: bool,
 ) -> float:
-    """Iterations ``start`` .. ``cfg.iters``: steps, log lines, checkpoints; returns the training seconds."""
+    """Iterations ``start`` .. ``cfg.iters``: steps, log lines, checkpoints (``bar``: the progress bar);
+    returns the training seconds."""
 
     def checkpoint(iteration: int) -> None:
         save_checkpoint(
@@ -379,7 +482,6 @@ def _train_loop(
         generator=torch.Generator(),
     )  # its own generator: the global RNG stays as checkpointed
     model.train()
-    bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress, unit="it", dynamic_ncols=True)
     last_saved = start if resumed else None
     mark = time.perf_counter()  # wall time of the loop: data, forward, backward, step, logging
     for iteration, batch in enumerate(batches, start=start):

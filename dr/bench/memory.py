@@ -1,0 +1,48 @@
+"""The memory a forward pass needs at least, checked before anything is allocated.
+
+A benchmark or a prediction at an impossible size (``--size 100000x100000``) is refused from an
+estimate with one line saying how much memory it would need, instead of failing inside PyTorch's
+allocator. The estimate is a lower bound, so nothing that fits is refused: the input (B, 3, H, W),
+padded to a multiple of 32, lives through the whole forward, next to at least the stem's first
+feature map (B, C_stem, H/2, W/2) or the logits (B, K, H, W), all float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dr.config import ConfigError, ModelConfig
+from dr.cost import padded_size
+
+
+def least_bytes(config: ModelConfig, height: int, width: int, batch: int = 1) -> int:
+    """A lower bound on the peak memory (bytes) of one forward of ``batch`` images of HxW."""
+    padded_h, padded_w = padded_size(height, width)
+    pixels = batch * padded_h * padded_w
+    per_pixel = 3 + max(config.stem_channels / 4, config.num_classes)  # float32 values per input pixel
+    return int(4 * pixels * per_pixel)
+
+
+def available_bytes() -> int | None:
+    """Memory this machine can still give (Linux: MemAvailable plus free swap), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
+        return fields["MemAvailable"] + fields.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(config: ModelConfig, height: int, width: int, batch: int = 1, *, what: str, fix: str) -> None:
+    """:class:`ConfigError` if a forward of ``batch`` HxW images surely does not fit in memory.
+    ``what`` names the input (``--size 100000x100000 with --batch 1``), ``fix`` the way out."""
+    need, have = least_bytes(config, height, width, batch), available_bytes()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{what} needs at least {need / 1e9:,.1f} GB of memory for one forward, more than the "
+            f"{have / 1e9:,.1f} GB available here; {fix}"
+        )
