@@ -14,7 +14,7 @@ import math
 import sys
 import typing
 
-from dr.config import DEFAULT_SIZES, PRESETS, ConfigError, parse_size, preset
+from dr.config import DEFAULT_SIZES, PRESETS, ConfigError, check_choice, parse_size, preset
 from dr.routes import ROUTES, RouteError
 from dr.training.config import TrainConfig, flag
 
@@ -77,17 +77,12 @@ def _size(args) -> tuple[int, int]:
     return parse_size(args.size) if args.size else DEFAULT_SIZES[args.preset]
 
 
-def _check_choice(kind: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(choices)}")
-
-
 def cmd_info(args) -> int:
     from dr.summary import summarize
 
-    _check_choice("preset", args.preset, PRESETS)
+    check_choice("preset", args.preset, PRESETS)
     if args.route is not None:
-        _check_choice("route", args.route, ROUTES)
+        check_choice("route", args.route, ROUTES)
     config = preset(args.preset)
     height, width = _size(args)
     info = summarize(config, height, width, args.route)
@@ -119,7 +114,7 @@ def _bench_setup(args):
     of the batch can fit in memory: refused from an estimate, before anything is allocated)."""
     from dr.bench.memory import check_memory
 
-    _check_choice("preset", args.preset, PRESETS)
+    check_choice("preset", args.preset, PRESETS)
     config, (height, width) = preset(args.preset), _size(args)
     check_memory(
         config,
@@ -144,7 +139,7 @@ def cmd_bench(args) -> int:
     from dr.bench.latency import benchmark
 
     config, height, width = _bench_setup(args)
-    _check_choice("route", args.route, ROUTES)
+    check_choice("route", args.route, ROUTES)
     if args.threads:  # 0: torch's choice
         import torch
 

@@ -83,11 +83,17 @@ class ModelConfig:
         return cls(**({"gate_init": "small"} | values))
 
 
+def check_choice(what: str, value, choices, option: str | None = None) -> None:
+    """Raise :class:`ConfigError` if ``value`` is not one of ``choices``, naming it, the command-line
+    ``option`` it came from (if any) and the choices."""
+    if value not in choices:
+        where = f" ({option})" if option else ""
+        raise ConfigError(f"unknown {what} {value!r}{where}; choose one of {', '.join(map(str, choices))}")
+
+
 def check_activation(activation: str, *, gated: bool = False) -> None:
     """Raise :class:`ConfigError` for an unknown gate activation (``gated``: ``fix`` is not a gate)."""
-    allowed = GATED_ACTIVATIONS if gated else ACTIVATIONS
-    if activation not in allowed:
-        raise ConfigError(f"unknown gate activation {activation!r}; choose one of {', '.join(allowed)}")
+    check_choice("gate activation", activation, GATED_ACTIVATIONS if gated else ACTIVATIONS)
 
 
 def validate(config: ModelConfig) -> None:
@@ -101,8 +107,7 @@ def validate(config: ModelConfig) -> None:
     if not isinstance(config.num_classes, int) or config.num_classes < 1:
         raise ConfigError(f"num_classes must be an integer >= 1, got {config.num_classes!r}")
     check_activation(config.activation)
-    if config.gate_init not in GATE_INITS:
-        raise ConfigError(f"unknown gate init {config.gate_init!r}; choose one of {', '.join(GATE_INITS)}")
+    check_choice("gate init", config.gate_init, GATE_INITS)
     if config.sepconv_repeats not in SEPCONV_REPEATS:
         raise ConfigError(f"sepconv_repeats must be one of {SEPCONV_REPEATS}, got {config.sepconv_repeats!r}")
 
@@ -128,8 +133,7 @@ DEFAULT_SIZES: dict[str, tuple[int, int]] = {
 
 def preset(name: str, **overrides) -> ModelConfig:
     """The named preset, optionally with fields overridden (``preset("tiny", activation="fix")``)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    check_choice("preset", name, PRESETS)
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 

@@ -22,6 +22,7 @@ from dr.config import (
     SEPCONV_REPEATS,
     ConfigError,
     ModelConfig,
+    check_choice,
     preset,
 )
 from dr.data import DATASETS
@@ -140,11 +141,6 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _check_choice(name: str, value, choices, what: str) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {what} {value!r} ({flag(name)}); choose one of {', '.join(choices)}")
-
-
 def resolve_device(name: str, option: str = "--device") -> torch.device:
     """The device ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` names here; :class:`ConfigError` if it
     is unknown or absent (checked before a checkpoint is read or a folder written)."""
@@ -208,11 +204,11 @@ def check_range(option: str, value, low, high=None, low_in=True, high_in=False, 
 
 def check_config(cfg: TrainConfig) -> None:
     """Reject settings that cannot work, naming the option and the allowed values (ConfigError / RouteError)."""
-    _check_choice("preset", cfg.preset, PRESETS, "preset")
-    _check_choice("data", cfg.data, DATASETS, "data set")
-    _check_choice("budget", cfg.budget, BUDGET_CHOICES, "budget")
-    _check_choice("activation", cfg.activation, GATED_ACTIVATIONS, "gate activation")
-    _check_choice("gate_init", cfg.gate_init, GATE_INITS, "gate init")
+    check_choice("preset", cfg.preset, PRESETS, flag("preset"))
+    check_choice("data set", cfg.data, DATASETS, flag("data"))
+    check_choice("budget", cfg.budget, BUDGET_CHOICES, flag("budget"))
+    check_choice("gate activation", cfg.activation, GATED_ACTIVATIONS, flag("activation"))
+    check_choice("gate init", cfg.gate_init, GATE_INITS, flag("gate_init"))
     resolve_device(cfg.device)
     if cfg.route is not None and cfg.route not in ROUTES and not cfg.route.endswith(".json"):
         raise RouteError(

@@ -18,7 +18,6 @@ import json
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -44,7 +43,7 @@ from dr.training.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from dr.training.config import TrainConfig, check_config, flag, model_config, resolve_device
+from dr.training.config import TrainConfig, check_config, differences, model_config, resolve_device
 from dr.training.evaluate import evaluate, load_routes, save_routes, write_json
 from dr.training.files import (
     FolderLock,
@@ -566,12 +565,9 @@ def run_summary(
 
 def check_compatible(state: dict, cfg: TrainConfig, path) -> None:
     """A checkpoint resumed or evaluated must be the run asked for (same preset, data, budget, ...)."""
-    saved = TrainConfig.from_dict(state["train_config"])
-    for f in fields(TrainConfig):
-        if f.name in TrainConfig.resumable():
-            continue
-        if getattr(saved, f.name) != getattr(cfg, f.name):
-            raise CheckpointError(
-                f"{path} was made with {flag(f.name)} {getattr(saved, f.name)}, not "
-                f"{getattr(cfg, f.name)}; resume with the same settings, or choose another --out"
-            )
+    differ = differences(TrainConfig.from_dict(state["train_config"]), cfg)
+    if differ:
+        raise CheckpointError(
+            f"{path} was made with other settings ({'; '.join(differ)}); "
+            "resume with the same settings, or choose another --out"
+        )
