@@ -73,24 +73,35 @@ def budget_loss(expected_cost: torch.Tensor, total_cost: float, target: float) -
 class Budget(nn.Module):
     """A constraint on the routes, added to the segmentation loss: L = L_N + factor(t) * penalty (Eq. 10).
 
-    ``factor(t)`` is lambda (``weight``) times the authors' schedule (0 for the first 40% of the
-    iterations, then a ramp to 1 over 2%; ``scheduled=False``: always lambda). ``penalty(output)``
+    ``factor(t)`` is lambda (``weight``) times the authors' schedule (0 for the first ``start`` = 40%
+    of the iterations, then a ramp to 1 over ``ramp`` = 2%; ``scheduled=False``: always lambda). ``penalty(output)``
     reads a :class:`~dr.model.RoutingOutput`: :class:`BudgetLoss` its expected cost (Eq. 9),
     :class:`SparsityBudgetLoss` its gate values."""
 
-    def __init__(self, weight: float, *, scheduled: bool = True, total_iterations: int | None = None):
+    def __init__(
+        self,
+        weight: float,
+        *,
+        scheduled: bool = True,
+        total_iterations: int | None = None,
+        start: float = 0.4,
+        ramp: float = 0.02,
+    ):
         super().__init__()
         if scheduled and not total_iterations:
             raise ValueError("a scheduled budget needs total_iterations")
         self.weight = weight
         self.scheduled = scheduled
         self.total_iterations = total_iterations
+        self.start, self.ramp = start, ramp  # shares of the iterations: off, then a linear ramp
 
     def factor(self, iteration: int) -> float:
         """lambda times the schedule at this iteration."""
         if not self.scheduled:
             return self.weight
-        return self.weight * budget_schedule(iteration, self.total_iterations)
+        return self.weight * budget_schedule(
+            iteration, self.total_iterations, off_fraction=self.start, ramp_fraction=self.ramp
+        )
 
     def penalty(self, output) -> torch.Tensor:
         raise NotImplementedError

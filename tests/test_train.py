@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from dr.cli import main
-from dr.config import preset
+from dr.config import ConfigError, preset
 from dr.cost import CostModel
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
 from dr.training.checkpoint import load_checkpoint
-from dr.training.config import TrainConfig, differences, model_config
+from dr.training.config import TrainConfig, check_config, differences, model_config
 from dr.training.evaluate import load_routes
-from dr.training.train import lr_factor, parameter_groups, sample_plan
+from dr.training.train import lr_factor, make_budget, parameter_groups, sample_plan
 
 #: a run small enough for a unit test: a few iterations on 64x64 crops of the embedded data
 SMALL = [
@@ -424,3 +424,18 @@ def test_runs_differ_only_in_what_changes_their_result():
     assert differences(base, TrainConfig(budget="A", small_gate=True, crop=(128, 128), workers=2)) == []
     assert differences(base, TrainConfig(budget="A", small_gate=False)) == ["--small-gate True (saved) vs False"]
     assert differences(base, TrainConfig(budget="A", lr=0.01)) == ["--lr 0.05 (saved) vs 0.01"]
+
+
+def test_the_budget_strength_and_schedule_are_options():
+    model = DynamicRoutingNet(model_config(TrainConfig(budget="A"), 6))
+    table4 = make_budget(TrainConfig(budget="A", iters=100), model, 1e6)
+    assert (table4.weight, table4.target) == (0.8, 0.1) and table4.factor(39) == 0.0 and table4.factor(42) == 0.8
+    mine = make_budget(
+        TrainConfig(budget="A", iters=100, budget_weight=8.0, budget_target=0.3, budget_start=0.0, budget_ramp=0.0),
+        model,
+        1e6,
+    )
+    assert (mine.weight, mine.target) == (8.0, 0.3) and mine.factor(0) == 8.0
+    assert differences(TrainConfig(budget="A"), TrainConfig(budget="A", budget_weight=0.8)) == []
+    with pytest.raises(ConfigError, match="--budget-target must be"):
+        check_config(TrainConfig(budget="A", budget_target=1.5))

@@ -73,6 +73,10 @@ class TrainConfig:
         "none (Network-Fix) | raw (Dynamic-Raw) | A | B | C (Table 4) | "
         "kl (sparsity budget lambda * sum_l KL(rho || g_l))",
     )
+    budget_weight: float | None = option(None, "lambda2 of --budget A / B / C (Eq. 10); None: Table 4's")
+    budget_target: float | None = option(None, "mu of --budget A / B / C (Eq. 9); None: Table 4's")
+    budget_start: float = option(0.4, "share of the iterations before a budget acts (the authors': 0.4)")
+    budget_ramp: float = option(0.02, "share of the iterations over which it ramps up to full weight (0.02)")
     kl_weight: float = option(0.05, "lambda of --budget kl")
     kl_target: float = option(0.5, "rho of --budget kl: the target share of open gates per layer")
     route: str | None = option(
@@ -176,6 +180,10 @@ RANGES = {
     "momentum": (0, None, True, False, False),
     "weight_decay": (0, None, True, False, False),
     "kl_weight": (0, None, True, False, False),
+    "budget_weight": (0, None, True, False, False),
+    "budget_target": (0, 1, True, True, False),
+    "budget_start": (0, 1, True, True, False),
+    "budget_ramp": (0, 1, True, True, False),
     "kl_target": (0, 1, False, False, False),
     "drop_path": (0, 1, True, False, False),
     "common_threshold": (0, 1, True, False, False),
@@ -219,7 +227,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"a static route has no gates, so budget {cfg.budget!r} cannot apply; drop --budget")
     for name, limits in RANGES.items():
         value = getattr(cfg, name)
-        if value is not None or name not in ("warmup", "train_size", "val_size"):
+        if value is not None or name not in ("warmup", "train_size", "val_size", "budget_weight", "budget_target"):
             check_range(flag(name), value, *limits)
     if cfg.sepconv_repeats is not None and cfg.sepconv_repeats not in SEPCONV_REPEATS:
         raise ConfigError(
@@ -237,6 +245,9 @@ def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
     def resolved(c: TrainConfig) -> dict:
         values = {f.name: getattr(c, f.name) for f in fields(c) if f.name not in TrainConfig.resumable()}
         values["small_gate"] = c.budget not in ("none", "raw") if c.small_gate is None else c.small_gate
+        if c.budget in BUDGETS:  # None: Table 4's lambda2 and mu
+            values["budget_weight"] = BUDGETS[c.budget].weight if c.budget_weight is None else c.budget_weight
+            values["budget_target"] = BUDGETS[c.budget].target if c.budget_target is None else c.budget_target
         values["crop"] = tuple(c.crop or DATASETS[c.data].train_crop) if c.data in DATASETS else c.crop
         return values
 

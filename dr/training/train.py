@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from dr.budget import Budget, BudgetLoss, SparsityBudgetLoss
+from dr.budget import BUDGETS, Budget, BudgetLoss, SparsityBudgetLoss
 from dr.data import build_dataset, dataset_info
 from dr.data.base import IGNORE_INDEX
 from dr.gate import SoftConditionalGate, gumbel_temperature
@@ -204,10 +204,13 @@ def make_budget(cfg: TrainConfig, model: DynamicRoutingNet, total_cost: float) -
     """The constraint a run adds to its loss (Eq. 9-10); ``None`` without gates or without a budget."""
     if not model.config.gated or cfg.budget in ("none", "raw"):
         return None
-    schedule = dict(scheduled=True, total_iterations=cfg.iters)
+    schedule = dict(scheduled=True, total_iterations=cfg.iters, start=cfg.budget_start, ramp=cfg.budget_ramp)
     if cfg.budget == "kl":
         return SparsityBudgetLoss(cfg.kl_weight, cfg.kl_target, **schedule)
-    return BudgetLoss.from_preset(cfg.budget, total_cost, **schedule)
+    table4 = BUDGETS[cfg.budget]
+    weight = table4.weight if cfg.budget_weight is None else cfg.budget_weight
+    target = table4.target if cfg.budget_target is None else cfg.budget_target
+    return BudgetLoss(weight, target, total_cost, **schedule)
 
 
 def build_run(cfg: TrainConfig, device: torch.device, saved_route: dict | None = None):
