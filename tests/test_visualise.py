@@ -12,7 +12,7 @@ from matplotlib.collections import PathCollection
 
 from dr.explore.analysis import node_costs, path_frequency, route_of, scale_shares, scale_usage
 from dr.explore.runs import load_run
-from dr.explore.visualise import CLOSED, OPEN, colourise, draw_route, figure, plot_routes, to_rgb
+from dr.explore.visualise import BYPASS, CLOSED, DIFFERENT, OPEN, colourise, draw_route, figure, plot_routes, to_rgb
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route, reachable_nodes
 from dr.space import Node, RoutingSpace
@@ -34,9 +34,23 @@ def test_draw_route_draws_each_open_path_once_and_marks_skipped_cells(name):
     draw_route(ax, space, {p: 1.0 for p in route.paths})
     assert len(_lines(ax, OPEN)) == len(route.paths)
     assert len(_lines(ax, CLOSED)) == len(space.paths) - len(route.paths)
-    running, skipped = [c for c in ax.collections if isinstance(c, PathCollection)][:2]
-    assert len(running.get_offsets()) == len(reachable_nodes(space, route.paths))
-    assert len(skipped.get_offsets()) == len(space.nodes) - len(reachable_nodes(space, route.paths))
+    marks = {c.get_label(): len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)}
+    assert marks["_computed"] == len(reachable_nodes(space, route.paths)) and marks["_bypassed"] == 0
+    assert marks["_skipped"] == len(space.nodes) - len(reachable_nodes(space, route.paths))
+
+
+def test_draw_route_tells_computed_bypassed_and_unreached_nodes_apart_and_marks_differences():
+    space = RoutingSpace(3)
+    keep = [RoutePath(layer, 0, "keep") for layer in range(4)]
+    weights = {p: 1.0 for p in keep[:1] + keep[2:]}  # node (1, 0) is reached but closes every path
+    ax = figure(6, 3).add_subplot()
+    draw_route(ax, space, weights, running={Node(l, 0) for l in range(4)}, reference=keep[:3])
+    marks = {c.get_label(): c.get_offsets().tolist() for c in ax.collections if isinstance(c, PathCollection)}
+    assert marks["_bypassed"] == [[1.0, 0.0]]  # a hollow circle: X passed on, no cell
+    assert len(marks["_computed"]) == 3 and len(marks["_skipped"]) == len(space.nodes) - 4
+    assert len(_lines(ax, BYPASS)) == 1  # the keep path that carries X on
+    red = _lines(ax, DIFFERENT)  # open here but not in the reference: the last keep; closed here but in it: none
+    assert [tuple(np.asarray(line.get_xydata()).ravel()) for line in red] == [(3.0, 0.0, 4.0, 0.0)]
 
 
 def test_draw_route_width_follows_alpha():

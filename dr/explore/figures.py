@@ -92,7 +92,13 @@ def make_figures(
     runs = shipped_runs(checkpoints)
     gated = {name: run for name, run in runs.items() if name != "fix"}
     if gated:
-        save(plot_budget_curves({DISPLAY[n]: r.log for n, r in gated.items()}), "budget_curves.png")
+        save(
+            plot_budget_curves(
+                {DISPLAY[n]: r.log for n, r in gated.items()},
+                {DISPLAY[n]: BUDGETS[n].target for n in gated if n in BUDGETS and n != "raw"},
+            ),
+            "budget_curves.png",
+        )
         first = next(iter(gated.values()))
         val = SyntheticShapes("val", seed=first.config.seed, size=first.config.val_size)
         batch = torch.stack([val[i]["image"] for i in range(min(images, len(val)))])
@@ -118,6 +124,7 @@ def make_figures(
                     if regime in freq
                 },
                 columns=2,
+                width="share of the images that open it",
             ),
             "route_per_regime.png",
         )
@@ -133,6 +140,8 @@ def make_figures(
                 info.running,
                 title=f"{DISPLAY[showcase.name.split('-', 1)[-1]]}: {info.name} ({regime} objects)",
                 cost_text=info.cost_text(),
+                reference=showcase.common(),
+                reference_name="Dynamic-A's common route",
             )
             save(fig, f"image_route_{regime}.png")
     points = []

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -33,6 +34,25 @@ CLOSED = "#c8c8c8"
 RUNNING = "#202020"
 SKIPPED = "#d9d9d9"
 SERIES = ("#1f5fa8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#30343f", "#e07a5f")
+#: the keep path along which a bypassed node passes its input X on (Eq. 6)
+BYPASS = "#8c8c8c"
+#: a path that differs from a reference route (the paper's Fig. 1 marks differences in red)
+DIFFERENT = "#d62728"
+#: one colour per model, the same in every figure (the budgets get stronger from Raw to A)
+MODEL_COLOURS = {"Network-Fix": "#7f7f7f", "Dynamic-Raw": "#1f5fa8", "Dynamic-C": "#00798c", "Dynamic-B": "#edae49",
+                 "Dynamic-A": "#d1495b"}  # fmt: skip
+#: one colour per image regime
+REGIME_COLOURS = {"small": "#8d6a9f", "large": "#66a182", "mixed": "#e07a5f", "all": "#30343f"}
+
+
+def colour_of(name: str, index: int = 0, palette: Mapping[str, str] = MODEL_COLOURS) -> str:
+    """The fixed colour of a model (``Dynamic-A``, also ``A`` or ``tiny-A``), else one of SERIES by index."""
+    for key, colour in palette.items():
+        if name == key or name in (key.split("-")[-1], f"tiny-{key.split('-')[-1]}", key.split("-")[-1].lower()):
+            return colour
+    return SERIES[index % len(SERIES)]
+
+
 #: class colours (index 0 is the background); IGNORE_INDEX is drawn black
 CLASS_COLOURS = np.array(
     [
@@ -111,47 +131,72 @@ def _ends(space: RoutingSpace, path: Path) -> tuple[tuple[float, float], tuple[f
     return (path.layer, path.scale), (path.layer + 1, path.target_scale)
 
 
+def node_kinds(space: RoutingSpace, open_paths, running: set[Node] | None = None) -> dict[str, list[Node]]:
+    """Which nodes computed their cell, which were reached but bypassed (every path closed: X passes on
+    along keep, Eq. 5-6, no cell computed) and which never ran (no open path reaches them)."""
+    open_paths = set(open_paths)
+    running = reachable_nodes(space, open_paths) if running is None else set(running)
+    computed = [n for n in space.nodes if n in running and any(p in open_paths for p in space.paths_out(n))]
+    bypassed = [n for n in space.nodes if n in running and n not in computed]
+    return {"computed": computed, "bypassed": bypassed, "skipped": [n for n in space.nodes if n not in running]}
+
+
 def draw_route(
     ax,
     space: RoutingSpace,
     weights: Mapping[Path, float] | None = None,
     *,
     running: set[Node] | None = None,
+    reference=None,
     title: str | None = None,
     show_closed: bool = True,
     label_axes: bool = True,
 ) -> None:
-    """Draw the routing space on ``ax`` with each path's weight (its alpha, or 1 / 0 for a route).
+    """Draw the routing space on ``ax`` with each path's weight (its alpha, a share, or 1 / 0 for a route).
 
-    Open paths (weight > 0) are blue, their width and opacity growing with the weight; closed
-    paths are faint dashed lines; nodes that run are dark dots, nodes skipped by the route are
-    pale crosses (Eq. 6: a node with no open incoming path is never computed). ``weights=None``
-    draws the whole space with every path open. The column right of the last layer is the decoder.
+    Open paths (weight > 0) are blue, their width and opacity growing with the weight; closed paths
+    are faint dashed lines. Nodes: a dark dot where the cell was computed, a hollow circle where the
+    node was reached but bypassed (every path closed: X passes on along keep, no cell computed), a
+    pale cross where it never ran (no open path reaches it). ``running`` is the set of nodes that ran
+    (default: those the open paths reach). With a ``reference`` route (a set of paths, e.g. the
+    common network), the paths that differ from it are red: solid where this route opens a path the
+    reference does not, dashed where it closes one the reference keeps (the paper's Fig. 1).
+    ``weights=None`` draws the whole space with every path open. The column right of the last layer
+    is the decoder.
     """
     weights = {p: 1.0 for p in space.paths} if weights is None else dict(weights)
-    open_paths = {p for p, w in weights.items() if w > 0}
-    running = reachable_nodes(space, open_paths) if running is None else running
+    kinds = node_kinds(space, {p for p, w in weights.items() if w > 0}, running)
+    ran = set(kinds["computed"]) | set(kinds["bypassed"])
+    opened = {p for p, w in weights.items() if w > 0 and p.source in ran}
+    reference = None if reference is None else set(getattr(reference, "paths", reference))
+    bypassed = set(kinds["bypassed"])
     for path in space.paths:
         (x0, y0), (x1, y1) = _ends(space, path)
-        w = float(weights.get(path, 0.0))
-        if w > 0 and path.source in running:
+        w = min(float(weights.get(path, 0.0)), 1.0)
+        if path.source in bypassed and path.direction == "keep":  # Eq. 6: X carried on along keep
+            ax.plot([x0, x1], [y0, y1], color=BYPASS, lw=1.4, zorder=1.5)
+        elif path in opened:
+            different = reference is not None and path not in reference
             ax.plot(
                 [x0, x1],
                 [y0, y1],
-                color=OPEN,
-                lw=0.6 + 2.6 * min(w, 1.0),
-                alpha=0.35 + 0.65 * min(w, 1.0),
+                color=DIFFERENT if different else OPEN,
+                lw=max(1.2, 0.6 + 2.6 * w) if different else 0.6 + 2.6 * w,
+                alpha=max(0.8, 0.35 + 0.65 * w) if different else 0.35 + 0.65 * w,
                 solid_capstyle="round",
-                zorder=2,
+                zorder=2.5 if different else 2,
             )
+        elif reference is not None and path in reference:
+            ax.plot([x0, x1], [y0, y1], color=DIFFERENT, lw=1.2, ls=(0, (3, 2)), zorder=1)
         elif show_closed:
             ax.plot([x0, x1], [y0, y1], color=CLOSED, lw=0.6, ls=(0, (2, 2)), zorder=1)
-    xs_run = [n.layer for n in space.nodes if n in running]
-    ys_run = [n.scale for n in space.nodes if n in running]
-    xs_skip = [n.layer for n in space.nodes if n not in running]
-    ys_skip = [n.scale for n in space.nodes if n not in running]
-    ax.scatter(xs_run, ys_run, s=22, color=RUNNING, zorder=3)
-    ax.scatter(xs_skip, ys_skip, s=22, marker="x", color=SKIPPED, zorder=3, linewidths=1.2)
+    for kind, style in (
+        ("computed", dict(s=22, color=RUNNING)),
+        ("bypassed", dict(s=26, facecolors="white", edgecolors=RUNNING, linewidths=1.1)),
+        ("skipped", dict(s=22, marker="x", color=SKIPPED, linewidths=1.2)),
+    ):
+        nodes = kinds[kind]
+        ax.scatter([n.layer for n in nodes], [n.scale for n in nodes], zorder=3, label=f"_{kind}", **style)
     ax.scatter([-0.7], [0], s=60, marker=">", color=RUNNING, zorder=3)  # the stem feeds the initial node
     ax.plot([-0.7, 0], [0, 0], color=RUNNING, lw=1.0, zorder=1)
     ax.axvspan(space.depth + 0.75, space.depth + 1.25, color="#eeeeee", zorder=0)
@@ -170,33 +215,73 @@ def draw_route(
         ax.set_title(title, fontsize=10)
 
 
-def route_legend(ax) -> None:
-    """The key of :func:`draw_route`'s marks."""
+def route_handles(*, width: str | None = "alpha", reference: str | None = None, nodes: bool = True) -> list:
+    """The legend entries of :func:`draw_route`'s marks (``width=None``: every open path drawn alike)."""
     handles = [
-        Line2D([], [], color=OPEN, lw=2.5, label="open path (width ~ alpha)"),
+        Line2D([], [], color=OPEN, lw=2.5, label="open path" + (f" (width: {width})" if width else "")),
         Line2D([], [], color=CLOSED, lw=0.8, ls=(0, (2, 2)), label="closed path"),
-        Line2D([], [], color=RUNNING, marker="o", ls="", label="cell computed"),
-        Line2D([], [], color=SKIPPED, marker="x", ls="", mew=1.5, label="cell skipped"),
     ]
-    ax.legend(handles=handles, loc="lower left", fontsize=7, frameon=False, ncol=2)
+    if nodes:
+        handles += [
+            Line2D([], [], color=RUNNING, marker="o", ls="", ms=5, label="cell computed"),
+            Line2D([], [], color=RUNNING, marker="o", mfc="white", ls="", ms=5, label="bypassed: no cell computed"),
+            Line2D([], [], color=BYPASS, lw=1.4, label="X passed on along keep (Eq. 6)"),
+            Line2D([], [], color=SKIPPED, marker="x", ls="", mew=1.5, label="not reached: not run"),
+        ]
+    if reference:
+        handles += [
+            Line2D([], [], color=DIFFERENT, lw=2.5, label=f"open here, not in {reference}"),
+            Line2D([], [], color=DIFFERENT, lw=1.2, ls=(0, (3, 2)), label=f"in {reference}, closed here"),
+        ]
+    return handles
+
+
+def route_legend(ax, *, width: str | None = "alpha", reference: str | None = None) -> None:
+    """The key of :func:`draw_route`'s marks, below the axes (it covers nothing). ``width`` says what
+    a path's width shows (``alpha``, or e.g. ``share of images``); ``reference`` names the reference
+    route when differences from it are drawn."""
+    handles = route_handles(width=width, reference=reference)
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        fontsize=7,
+        frameon=False,
+        ncol=3 if not reference else 4,
+        handlelength=2.2,
+        columnspacing=1.2,
+    )
 
 
 def plot_routing_space(space: RoutingSpace, *, title: str | None = None) -> Figure:
     """Fig. 2: the whole routing space, every node and every candidate path."""
-    fig = figure(max(6.0, 0.42 * space.depth + 2.5), 3.0)
+    fig = figure(max(6.0, 0.42 * space.depth + 2.5), 3.3)
     ax = fig.add_subplot()
     draw_route(
         ax,
         space,
         title=title or f"routing space, L = {space.depth}: {len(space.nodes)} nodes, {len(space.paths)} paths",
     )
+    handles = [
+        Line2D([], [], color=OPEN, lw=2.5, label="candidate path (keep, up, down)"),
+        Line2D([], [], color=RUNNING, marker="o", ls="", ms=5, label="node: a cell and its gate"),
+        Line2D([], [], color=RUNNING, marker=">", ls="", ms=6, label="the stem (to 1/4)"),
+        Line2D([], [], color="#dddddd", lw=6, label="the decoder"),
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7, frameon=False, ncol=4)
     return fig
 
 
 def plot_routes(
-    space: RoutingSpace, routes: Mapping[str, object], *, subtitles: Mapping[str, str] | None = None, columns: int = 3
+    space: RoutingSpace,
+    routes: Mapping[str, object],
+    *,
+    subtitles: Mapping[str, str] | None = None,
+    columns: int = 3,
+    width: str | None = None,
 ) -> Figure:
-    """Fig. 3 / Fig. 4: several routes side by side; ``routes`` maps a title to paths or weights."""
+    """Fig. 3 / Fig. 4: several routes side by side; ``routes`` maps a title to paths or weights
+    (``width`` says what the weights are, for the key: e.g. ``share of images``)."""
     names = list(routes)
     rows = -(-len(names) // columns)
     fig = figure(4.2 * columns, 2.4 * rows)
@@ -208,6 +293,7 @@ def plot_routes(
         draw_route(ax, space, weights, title=title, label_axes=ax in axes[:, 0])
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
+    fig.legend(handles=route_handles(width=width), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 
 
@@ -266,7 +352,8 @@ def plot_budget_loss(budgets: Mapping[str, tuple[float, float]]) -> Figure:
     x = np.linspace(0, 1, 201)
     fig = figure(5.0, 3.2)
     ax = fig.add_subplot()
-    for (name, (weight, target)), colour in zip(budgets.items(), SERIES):
+    for k, (name, (weight, target)) in enumerate(budgets.items()):
+        colour = colour_of(name, k)
         ax.plot(x, weight * (x - target) ** 2, color=colour, lw=2, label=f"{name}: lambda2={weight}, mu={target}")
         ax.axvline(target, color=colour, lw=0.8, ls=":")
     finish(
@@ -316,22 +403,40 @@ def plot_node_costs(table: Mapping[Node, tuple[float, float]], *, title: str = "
     return fig
 
 
-def plot_budget_curves(logs: Mapping[str, Sequence[Mapping]]) -> Figure:
-    """Expected cost fraction and budget loss over training, one line per run (``train_log.jsonl`` records)."""
-    fig = figure(9.0, 3.2)
+def plot_budget_curves(logs: Mapping[str, Sequence[Mapping]], targets: Mapping[str, float] | None = None) -> Figure:
+    """Expected cost fraction and budget loss over training, one line per run (``train_log.jsonl``
+    records); ``targets`` maps a run to its mu, drawn as a dotted line in the run's colour."""
+    fig = figure(9.5, 3.4)
     ax_cost, ax_loss = fig.subplots(1, 2)
-    for (name, records), colour in zip(logs.items(), SERIES):
+    for k, (name, records) in enumerate(logs.items()):
+        colour = colour_of(name, k)
         it = [r["iter"] for r in records]
         ax_cost.plot(it, [r["cost_fraction"] for r in records], color=colour, lw=1.8, label=name)
         ax_loss.plot(it, [r["budget_loss"] for r in records], color=colour, lw=1.8, label=name)
+    by_value: dict[float, list[str]] = {}
+    for name, mu in (targets or {}).items():
+        by_value.setdefault(mu, []).append(name)
+    for mu, names in by_value.items():  # one dotted line per mu, in the colour of its first run
+        ax_cost.axhline(mu, color=colour_of(names[0]), lw=1.0, ls=":")
+        ax_cost.text(
+            1.0,
+            mu,
+            f" mu = {mu} ({', '.join(n.split('-')[-1] for n in names)})",
+            fontsize=7,
+            va="center",
+            color=colour_of(names[0]),
+            transform=ax_cost.get_yaxis_transform(),
+        )
     top = max([r["cost_fraction"] for records in logs.values() for r in records] + [1.0])
     ax_cost.set_ylim(0, 1.05 * top)  # above 1 while every path is open: the gates cost too
-    ax_cost.set_title("expected cost C(Space) / C (Eq. 8)", fontsize=10)
+    ax_cost.set_title("expected cost C(Space) / C (Eq. 8); dotted: the target mu", fontsize=10)
+    ax_cost.set_ylabel("fraction of the routing space")
     ax_loss.set_title("budget loss lambda2 * L_C (Eq. 9)", fontsize=10)
     for ax in (ax_cost, ax_loss):
         ax.set_xlabel("iteration")
         tidy(ax)
-    ax_cost.legend(fontsize=8, frameon=False)
+    handles, labels = ax_cost.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
     return fig
 
 
@@ -351,10 +456,11 @@ def plot_training_log(records: Sequence[Mapping]) -> Figure:
 
 
 def gate_histogram(values, *, bins: int = 20) -> dict:
-    """Histogram of gate values alpha on [0, 1]: bin edges, share of values per bin, share exactly 0."""
+    """Histogram of gate values alpha: the share exactly 0 (closed, ``closed``) apart, and the share
+    of all values in each of ``bins`` bins over (0, 1] (``edges``, ``share``)."""
     v = np.asarray(values, dtype=float).ravel()
     edges = np.linspace(0, 1, bins + 1)
-    counts, _ = np.histogram(np.clip(v, 0, 1), bins=edges)
+    counts, _ = np.histogram(np.clip(v[v > 0], 1e-12, 1), bins=edges)
     return {"edges": edges.tolist(), "share": (counts / max(1, len(v))).tolist(), "closed": float(np.mean(v == 0))}
 
 
@@ -377,9 +483,12 @@ def plot_image_route(
     *,
     title: str = "",
     cost_text: str = "",
+    reference=None,
+    reference_name: str = "the common route",
 ) -> Figure:
-    """One image: the image, its ground truth, the prediction and the route it took."""
-    fig = figure(12.0, 2.9)
+    """One image: the image, its ground truth, the prediction and the route it took, with its key;
+    with a ``reference`` route (e.g. the common network) the paths that differ from it are red."""
+    fig = figure(12.0, 3.6)
     grid = fig.add_gridspec(1, 5)
     panels = ((to_rgb(image), "image"), (colourise(label), "ground truth"), (colourise(prediction), "prediction"))
     for k, (array, name) in enumerate(panels):
@@ -388,7 +497,9 @@ def plot_image_route(
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()
     ax = fig.add_subplot(grid[0, 3:])
-    draw_route(ax, space, weights, running=running, title=cost_text or None)
+    draw_route(ax, space, weights, running=running, reference=reference, title=cost_text or None)
+    handles = route_handles(reference=reference_name if reference is not None else None)
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7.5, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -411,20 +522,21 @@ def plot_predictions(rows: Sequence[tuple], *, titles: Sequence[str] | None = No
 def plot_scale_usage(usage: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None) -> Figure:
     """Fig. 1 analogue: per model, the share of open paths out of each scale, per image regime.
 
-    ``usage[model][regime]`` is a sequence of four shares (1/4, 1/8, 1/16, 1/32)."""
+    ``usage[model][regime]`` is a sequence of four shares (1/4, 1/8, 1/16, 1/32). The key sits below
+    the panels, where it covers no bar."""
     models = list(usage)
-    fig = figure(4.2 * len(models), 3.2)
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    fig = figure(3.6 * len(models) + 0.6, 3.4)
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
     for ax, model in zip(axes, models):
         regimes = list(usage[model])
         width = 0.8 / len(regimes)
-        for k, (regime, colour) in enumerate(zip(regimes, SERIES)):
+        for k, regime in enumerate(regimes):
             ax.bar(
                 np.arange(NUM_SCALES) + (k - (len(regimes) - 1) / 2) * width,
                 usage[model][regime],
                 width=width,
-                color=colour,
-                label=regime,
+                color=colour_of(regime, k, REGIME_COLOURS),
+                label=f"{regime} objects",
             )
         ax.set_xticks(range(NUM_SCALES))
         ax.set_xticklabels([f"1/{s}" for s in STRIDES])
@@ -433,16 +545,53 @@ def plot_scale_usage(usage: Mapping[str, Mapping[str, Sequence[float]]], *, titl
         ax.set_title(model, fontsize=10)
         tidy(ax)
     axes[0].set_ylabel("share of paths open")
-    axes[0].legend(fontsize=8, title="images", title_fontsize=8, loc="lower left", framealpha=0.9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
 
 
+def place_labels(ax, points: Sequence[tuple[float, float]], labels: Sequence[str], *, fontsize: float = 7) -> None:
+    """Annotate each point with its label where it overlaps no label placed before and no point
+    (tried in turn: right above, right below, left above, left below, above, below, farther out)."""
+    fig = ax.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()  # settle the layout, so display coordinates are final
+    markers = [ax.transData.transform(p) for p in points]
+    taken = []
+    offsets = [(5, 3), (5, -11), (-5, 3), (-5, -11), (0, 7), (0, -15), (12, -4), (-12, -4), (5, 14), (-5, -22)]
+    for point, text in zip(points, labels):
+        for dx, dy in offsets:
+            note = ax.annotate(
+                text,
+                point,
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=fontsize,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            )
+            box = note.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(b) for b in taken) and not any(box.contains(*m) for m in markers):
+                taken.append(box)
+                break
+            note.remove()
+        else:  # nowhere free: the first place, with a line to its point
+            note = ax.annotate(
+                text,
+                point,
+                xytext=(14, 14),
+                textcoords="offset points",
+                fontsize=fontsize,
+                arrowprops=dict(arrowstyle="-", color="#999999", lw=0.5),
+            )
+            taken.append(note.get_window_extent(renderer))
+
+
 def plot_miou_vs_cost(points: Sequence[Mapping]) -> Figure:
     """mIoU against real GFLOPs: each point a dict with ``name``, ``gflops``, ``miou`` and
     optionally ``miou_err`` (spread over seeds), ``gflops_min`` / ``gflops_max`` and ``group``."""
-    fig = figure(6.5, 4.2)
+    fig = figure(7.5, 4.6)
     ax = fig.add_subplot()
     groups = list(dict.fromkeys(p.get("group", "") for p in points))
     for group, colour in zip(groups, SERIES):
@@ -463,27 +612,37 @@ def plot_miou_vs_cost(points: Sequence[Mapping]) -> Figure:
                 lw=1,
                 label=group if p is members[0] and group else None,
             )
-            ax.annotate(
-                p["name"], (p["gflops"], 100 * p["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=7
-            )
     ax.set_xlabel("real cost per image (GFLOPs)")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title("accuracy against cost", fontsize=10)
+    ax.set_title("accuracy against cost (error bars: standard deviation over seeds)", fontsize=10)
     if any(groups):
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=8, frameon=False, loc="lower right")
     tidy(ax)
+    place_labels(ax, [(p["gflops"], 100 * p["miou"]) for p in points], [p["name"] for p in points])
     return fig
 
 
 def plot_gate_histograms(histograms: Mapping[str, Mapping]) -> Figure:
-    """Fig. 5 from precomputed histograms: ``{model: {"edges": [...], "share": [...], "closed": x}}``."""
-    fig = figure(5.5, 3.2)
+    """Fig. 5 from precomputed histograms (:func:`gate_histogram`): the share of gates exactly closed
+    as its own bar at 0, then the open values in bins over (0, 1]."""
+    fig = figure(6.5, 3.4)
     ax = fig.add_subplot()
     names = list(histograms)
-    for k, (name, colour) in enumerate(zip(names, SERIES)):
-        h = histograms[name]
+    step = np.diff(np.asarray(next(iter(histograms.values()))["edges"]))[0]
+    width = step / (len(names) + 0.5)
+    for k, name in enumerate(names):
+        h, colour = histograms[name], colour_of(name, k)
         edges = np.asarray(h["edges"])
-        width = (edges[1] - edges[0]) / (len(names) + 0.5)
+        ax.bar(
+            -2 * step + k * width,
+            h["closed"],
+            width=width,
+            align="edge",
+            color=colour,
+            hatch="///",
+            edgecolor="white",
+            linewidth=0,
+        )
         ax.bar(
             edges[:-1] + k * width,
             h["share"],
@@ -492,7 +651,16 @@ def plot_gate_histograms(histograms: Mapping[str, Mapping]) -> Figure:
             color=colour,
             label=f"{name} ({100 * h['closed']:.0f}% closed)",
         )
-    finish(ax, "gate value alpha", "share of gate outputs", "distribution of gate values (Fig. 5)")
+    ax.axvline(-0.5 * step, color="#999999", lw=0.6)
+    ticks = [-2 * step + len(names) * width / 2, 0, 0.25, 0.5, 0.75, 1.0]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["= 0\n(closed)", "0", "0.25", "0.5", "0.75", "1"])
+    finish(
+        ax,
+        f"gate value alpha (open values in bins of width {step:g})",
+        "share of gate outputs",
+        "distribution of gate values (Fig. 5)",
+    )
     return fig
 
 
@@ -506,7 +674,8 @@ def plot_regime_miou(
     ax = fig.add_subplot()
     width = 0.8 / len(regimes)
     x = np.arange(len(names))
-    for k, (regime, colour) in enumerate(zip(regimes, SERIES)):
+    for k, regime in enumerate(regimes):
+        colour = colour_of(regime, k, REGIME_COLOURS)
         values = [100 * means[n][regime] for n in names]
         err = [100 * stds[n][regime] for n in names] if stds else None
         ax.bar(

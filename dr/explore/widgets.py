@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from dr.cost import CostModel
 from dr.explore.analysis import ImageRoute, route_of
 from dr.explore.runs import Run
-from dr.explore.visualise import draw_route, figure, plot_image_route, route_legend
+from dr.explore.visualise import draw_route, figure, node_kinds, plot_image_route, route_legend
 
 
 def _show(output: widgets.Output, fig: Figure) -> None:
@@ -113,6 +113,7 @@ class RouteExplorer:
         run = self.runs[name]
         index = self.indices[self.image.value]
         self.last = route_of(run.model, self.dataset[index], route=run.route)
+        common = run.common() if run.routes and run.route is None else None  # paths open in > 95% of images
         self.figure = plot_image_route(
             self.last.image,
             self.last.label,
@@ -122,12 +123,15 @@ class RouteExplorer:
             self.last.running,
             title=f"{name}: {self.last.name} ({self.last.regime} objects)",
             cost_text=self.last.cost_text(),
+            reference=common,
+            reference_name=f"{name}'s common route",
         )
+        kinds = node_kinds(run.space, self.last.open_paths, self.last.running)
         self.info.value = (
             f"{name}, {self.last.name} (data set index {index}): "
             f"<b>{len(self.last.open_paths)}</b> of {len(run.space.paths)} paths open, "
-            f"<b>{len(self.last.running)}</b> of {len(run.space.nodes)} cells computed; "
-            f"{self.last.cost_text()}"
+            f"<b>{len(kinds['computed'])}</b> of {len(run.space.nodes)} cells computed, "
+            f"{len(kinds['bypassed'])} bypassed; {self.last.cost_text()}"
         )
         _show(self.output, self.figure)
         return self.figure
@@ -153,7 +157,7 @@ def common_network_figure(run: Run, threshold: float, *, name: str | None = None
         "gflops": costs.route_cost(common.paths, gated=False).flops / 1e9,
         "gflops_dynamic_avg": run.metrics.get("gflops_avg"),
     }
-    fig = figure(8.0, 3.2)
+    fig = figure(8.0, 3.6)
     ax = fig.add_subplot()
     draw_route(
         ax,
@@ -162,7 +166,7 @@ def common_network_figure(run: Run, threshold: float, *, name: str | None = None
         title=f"common network of {name or run.name}: paths open in > {threshold:.0%} of images "
         f"({numbers['paths']} paths, {numbers['gflops']:.4f} GFLOPs)",
     )
-    route_legend(ax)
+    route_legend(ax, width="share of images that open it")
     return fig, numbers
 
 
