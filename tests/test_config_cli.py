@@ -125,5 +125,6 @@ def test_cli_bench_tiny_reports_ratios():
     assert 0 < bench["cost_ratio"] < 1
     assert bench["gflops_all_open"] == pytest.approx(bench["gflops_all_open_analytic"], rel=1e-6)
     assert bench["max_abs_diff_skip_vs_masked"] < 1e-3
-    per_image = bench["per_image_routes"]
-    assert per_image["routes"] == ["fcn32s", "deeplabv3"] and per_image["real_cost_equal"]
+    assert bench["mixed_routes"] == ["fcn32s", "deeplabv3"] and bench["mixed_real_cost_equal"]
+    assert 0 < bench["mixed_cost_ratio"] < 1 and bench["mixed_latency_ratio"] > 0
+    assert bench["max_abs_diff_mixed_vs_one_by_one"] < 1e-4

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dr.config import ModelConfig
-from dr.model import DynamicRoutingNet
+from dr.model import DynamicRoutingNet, RoutingOutput
 from dr.routes import CLASSIC_ROUTES, named_route
 from dr.training.evaluate import forward_in_chunks
 
@@ -66,18 +66,40 @@ def benchmark(
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
-    """Time all-open, route (skip) and route (masked) inference on the CPU; returns a JSON-able dict."""
+    """Time, interleaved round by round in one process, on the same weights and images:
+
+    - ``all_open``: every path of every image executed (skipping inference with every gate open);
+    - ``route``: every image on the route ``route_name``, real skipping;
+    - ``masked``: the same route computed densely and multiplied by zero (the authors' execution);
+    - with ``batch > 1``, ``mixed``: each image on its own route (``route_name``, then the other classic
+      routes and the full space, in turn), batched skipping; and ``one_by_one``: the same images and
+      routes one image at a time.
+
+    Returns a JSON-able dict: the medians, each cost ratio (real FLOPs against all-open) next to its
+    latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), and the
+    largest differences between the executions' logits (they compute the same function)."""
     torch.manual_seed(seed)
-    model = DynamicRoutingNet(config)
+    model = DynamicRoutingNet(config.replace(gate_init="small"))  # every gate open: the routes alone decide
     calibrate_batchnorm(model, height, width, seed=seed)
     model.eval()
     route = named_route(route_name, model.space)
     images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
+    names = [route_name] + [n for n in (*CLASSIC_ROUTES, "full") if n != route_name]
+    mixed = [named_route(names[i % len(names)], model.space) for i in range(batch)]
+
+    def one_by_one():
+        """One forward per image, then the logits stacked into one batch, as the batched call returns them."""
+        outs = [model(images[i : i + 1], route=[mixed[i]], mode="skip") for i in range(batch)]
+        return RoutingOutput.cat(outs)
+
     runs = {
         "all_open": lambda: forward_in_chunks(model, images, mode="skip"),
         "route": lambda: forward_in_chunks(model, images, route=route, mode="skip"),
         "masked": lambda: forward_in_chunks(model, images, route=route, mode="masked"),
     }
+    if batch > 1:
+        runs["mixed"] = lambda: forward_in_chunks(model, images, route=mixed, mode="skip")
+        runs["one_by_one"] = one_by_one
     with torch.inference_mode():
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up and results
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -86,14 +108,14 @@ def benchmark(
             from tqdm import tqdm
 
             rounds = tqdm(rounds, desc="bench", unit="round")
-        for _ in rounds:
-            for name, fn in runs.items():
+        for round_index in rounds:  # each round in another order, so that no run inherits another's garbage
+            order = list(runs.items())
+            for name, fn in order[round_index % len(order) :] + order[: round_index % len(order)]:
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
     costs = model.cost_model(height, width)
-    all_open_cost = float(outputs["all_open"].total_real_cost.mean())
-    route_cost = float(outputs["route"].total_real_cost.mean())
+    cost = {name: float(out.total_real_cost.mean()) for name, out in outputs.items()}
     ms = {name: median_ms(t) for name, t in times.items()}
     result = {
         "size": [height, width],
@@ -101,56 +123,33 @@ def benchmark(
         "batch": batch,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
-        "gflops_all_open": all_open_cost / 1e9,
+        "gflops_all_open": cost["all_open"] / 1e9,
         "gflops_all_open_analytic": costs.all_open.flops / 1e9,
-        "gflops_route": route_cost / 1e9,
+        "gflops_route": cost["route"] / 1e9,
         "all_open_ms": ms["all_open"],
         "route_ms": ms["route"],
         "masked_ms": ms["masked"],
-        "cost_ratio": route_cost / all_open_cost,
+        "cost_ratio": cost["route"] / cost["all_open"],
         "latency_ratio": ms["route"] / ms["all_open"],
         "latency_masked_ratio": ms["masked"] / ms["all_open"],
         "max_abs_diff_skip_vs_masked": float((outputs["route"].logits - outputs["masked"].logits).abs().max()),
     }
     if batch > 1:
-        result["per_image_routes"] = per_image_benchmark(model, images, route_name, repeats=repeats)
+        result |= {
+            "mixed_routes": [r.name for r in mixed],
+            "mixed_ms": ms["mixed"],
+            "one_by_one_ms": ms["one_by_one"],
+            "mixed_cost_ratio": cost["mixed"] / cost["all_open"],
+            "mixed_latency_ratio": ms["mixed"] / ms["all_open"],
+            "mixed_over_one_by_one": ms["mixed"] / ms["one_by_one"],
+            "max_abs_diff_mixed_vs_one_by_one": float(
+                (outputs["mixed"].logits - outputs["one_by_one"].logits).abs().max()
+            ),
+            "mixed_real_cost_equal": bool(
+                torch.allclose(outputs["mixed"].total_real_cost, outputs["one_by_one"].total_real_cost)
+            ),
+        }
     return result
-
-
-def per_image_benchmark(model: DynamicRoutingNet, images: torch.Tensor, first_route: str, *, repeats: int = 3) -> dict:
-    """Give each image its own route and compare one batched skipping forward with one-by-one forwards.
-
-    Both sides end with the same thing, a (B, K, H, W) logits tensor: the one-by-one time includes
-    stacking the single-image logits.
-    """
-    names = [first_route] + [n for n in (*CLASSIC_ROUTES, "full") if n != first_route]
-    routes = [named_route(names[i % len(names)], model.space) for i in range(images.shape[0])]
-    batched = lambda: forward_in_chunks(model, images, route=routes, mode="skip")  # noqa: E731
-
-    def single():
-        """One forward per image, then the logits stacked into one batch, as the batched call returns them."""
-        outs = [model(images[i : i + 1], route=[routes[i]], mode="skip") for i in range(images.shape[0])]
-        return outs, torch.cat([o.logits for o in outs])
-
-    with torch.inference_mode():
-        out_batched, (out_single, stacked) = batched(), single()
-        t_batched, t_single = [], []
-        for round_index in range(repeats):  # alternate which goes first, so neither inherits the other's garbage
-            order = [(batched, t_batched), (single, t_single)]
-            for fn, samples in order if round_index % 2 == 0 else order[::-1]:
-                start = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - start)
-    costs = torch.cat([o.total_real_cost for o in out_single])
-    return {
-        "routes": [r.name for r in routes],
-        "gflops_per_image": [float(c) / 1e9 for c in costs],
-        "batched_ms": median_ms(t_batched),
-        "one_by_one_ms": median_ms(t_single),
-        "batched_over_one_by_one": statistics.median(t_batched) / statistics.median(t_single),
-        "max_abs_diff_batched_vs_one_by_one": float((out_batched.logits - stacked).abs().max()),
-        "real_cost_equal": bool(torch.allclose(out_batched.total_real_cost, costs)),
-    }
 
 
 @torch.no_grad()
