@@ -24,12 +24,13 @@ from dr.space import NUM_SCALES, Node, Path
 
 
 def put_rows(buffer: torch.Tensor | None, y: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
-    """``buffer + y`` with the rows of ``y`` added at ``rows`` of a (B, ...) buffer (zeros if ``None``)."""
-    if len(rows) == batch:
-        return y if buffer is None else buffer + y
+    """``buffer + y`` with the rows of ``y`` added at ``rows`` of a (B, ...) buffer (zeros if ``None``).
+
+    The buffers are this forward's own tensors, so the sum is taken in place (no copy of the buffer);
+    autograd allows it, since no operation keeps a buffer for its backward pass."""
     if buffer is None:
-        buffer = y.new_zeros((batch, *y.shape[1:]))
-    return buffer.index_add(0, rows, y)
+        return y if len(rows) == batch else y.new_zeros((batch, *y.shape[1:])).index_add_(0, rows, y)
+    return buffer.add_(y) if len(rows) == batch else buffer.index_add_(0, rows, y)
 
 
 def skipping_forward(net, images: torch.Tensor, *, route=None):
