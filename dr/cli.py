@@ -229,6 +229,8 @@ def cmd_train(args) -> int:
         raise
     except KeyboardInterrupt:  # while the options, the data or the folder were being checked
         raise Interrupted("interrupted before training started; nothing was changed") from None
+    if metrics is None:  # another process of a torchrun run: process 0 evaluates and reports
+        return 0
     _print_metrics(metrics, args.json)
     out = Path(args.out)
     print(f"wrote {out / 'metrics.json'}, routes.json, config.json, train_log.jsonl and checkpoint.pt", file=sys.stderr)

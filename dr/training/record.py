@@ -2,7 +2,8 @@
 
 It holds the model and training configurations in full (every option, the defaults included, and
 what the ``None`` defaults resolved to), the static route, and one entry per session (the first
-start and each ``--resume``): the iteration it started from, the command, the Python, PyTorch,
+start and each ``--resume``): the iteration it started from, the number of processes (several under
+``torchrun``, each with its share of the batch), the command, the Python, PyTorch,
 torchvision and NumPy versions, the platform, the device, the number of threads and the git commit
 of the ``dr`` checkout (``None`` where there is no git or no repository).
 """
@@ -80,14 +81,24 @@ def environment(device: torch.device) -> dict:
 
 
 def run_config(
-    cfg: TrainConfig, model: DynamicRoutingNet, route: Route | None, crop, *, device, start: int, previous=None
+    cfg: TrainConfig,
+    model: DynamicRoutingNet,
+    route: Route | None,
+    crop,
+    *,
+    device,
+    start: int,
+    previous=None,
+    processes: int = 1,
 ) -> dict:
-    """The content of ``config.json``; ``previous`` is the file's earlier content (a resumed run)."""
+    """The content of ``config.json``; ``previous`` is the file's earlier content (a resumed run);
+    ``processes``: how many train together (torchrun), ``device`` being process 0's."""
     sessions = list(previous.get("sessions", [])) if isinstance(previous, dict) else []
     sessions.append(
         {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "start_iteration": start,
+            "processes": processes,
             "command": command_line(),
             **environment(torch.device(device)),
             "git": git_commit(),
@@ -103,14 +114,14 @@ def run_config(
     }
 
 
-def write_run_config(path, cfg: TrainConfig, model, route, crop, *, device, start: int) -> dict:
+def write_run_config(path, cfg: TrainConfig, model, route, crop, *, device, start: int, processes: int = 1) -> dict:
     """Write (or, for a resumed run, extend) ``config.json``; returns what was written."""
     path = Path(path)
     try:
         previous = json.loads(path.read_text()) if start > 0 and path.is_file() else None
     except (OSError, ValueError):
         previous = None  # unreadable: start its session list afresh
-    record = run_config(cfg, model, route, crop, device=device, start=start, previous=previous)
+    record = run_config(cfg, model, route, crop, device=device, start=start, previous=previous, processes=processes)
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
     return record

@@ -10,11 +10,15 @@ norm clipped at 5, optional Scheduled Drop Path and a learning-rate multiplier f
 A run is reproducible and resumable: every batch is drawn and augmented from seeds derived from
 ``(seed, iteration)``, and the checkpoint carries weights, optimiser, scheduler, iteration and the
 RNG states, so ``--resume`` after a kill ends exactly where an uninterrupted run ends.
+
+Under ``torchrun`` the same loop runs in every process, with DistributedDataParallel and
+synchronised BatchNorm; :mod:`dr.training.distributed` holds what differs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
@@ -43,7 +48,8 @@ from dr.training.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from dr.training.config import TrainConfig, check_config, differences, model_config, resolve_device
+from dr.training.config import TrainConfig, check_config, differences, model_config
+from dr.training.distributed import World, join
 from dr.training.evaluate import evaluate, load_routes, save_routes, write_json
 from dr.training.files import (
     FolderLock,
@@ -154,17 +160,23 @@ def sample_plan(num_images: int, batch: int, seed: int, iteration: int) -> list[
 
 
 class PlannedBatches(Dataset):
-    """Item j is the collated batch of iteration ``start + j`` (so a DataLoader with workers keeps order)."""
+    """Item j is the collated batch of iteration ``start + j`` (so a DataLoader with workers keeps order).
 
-    def __init__(self, dataset, batch: int, seed: int, start: int, stop: int):
+    In a run on ``world_size`` processes, process ``rank`` takes its share of each iteration's plan:
+    samples ``rank * b .. (rank + 1) * b - 1``, b = batch / world_size."""
+
+    def __init__(self, dataset, batch: int, seed: int, start: int, stop: int, *, rank: int = 0, world_size: int = 1):
         self.dataset, self.batch, self.seed, self.start, self.stop = dataset, batch, seed, start, stop
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, j: int) -> dict:
+        plan = sample_plan(len(self.dataset), self.batch, self.seed, self.start + j)
+        share = len(plan) // self.world_size
         samples = []
-        for index, aug_seed in sample_plan(len(self.dataset), self.batch, self.seed, self.start + j):
+        for index, aug_seed in plan[self.rank * share : (self.rank + 1) * share]:
             with torch.random.fork_rng(devices=[]):  # augmentation randomness, isolated from training
                 torch.manual_seed(aug_seed)
                 samples.append(self.dataset[index])
@@ -247,34 +259,44 @@ def training_step(
     route=None,
     mode=None,
     autocast=None,
+    world: World | None = None,
 ) -> dict:
     """One iteration of Eq. 10, L = L_N + lambda2 * schedule(t) * L_C: forward, loss, backward,
     gradient clipping and the SGD step. Returns the losses and the batch's mean expected cost
     (FLOPs of the routing space, Eq. 8) and share of closed gates (alpha = 0); raises
-    :class:`TrainingError` if the loss is not finite."""
+    :class:`TrainingError` if the loss is not finite.
+
+    Under torchrun (``world`` of several processes, ``model`` wrapped in DDP) ``images`` are this
+    process's share of the batch; the budget reads the whole batch's costs, and the numbers
+    returned are the whole batch's (:mod:`dr.training.distributed`)."""
+    network = model.module if isinstance(model, DistributedDataParallel) else model
     step_rate = iteration / total
-    if model.config.activation == "gumbel":
+    if network.config.activation == "gumbel":
         set_gate_temperature(model, step_rate)
     with autocast or nullcontext():  # bf16 on CUDA
         output = model(images, route=route, mode=mode, step_rate=step_rate)
     seg = segmentation_loss(output.logits, labels)  # L_N
-    lc = seg.new_zeros(()) if budget is None else budget(output, iteration)  # lambda2 * schedule * L_C
+    whole = output if world is None else world.whole_batch(output)  # Eq. 9 squares the mean of the WHOLE batch
+    lc = seg.new_zeros(()) if budget is None else budget(whole, iteration)  # lambda2 * schedule * L_C
     loss = seg + lc  # Eq. 10
-    if not torch.isfinite(loss):
-        raise TrainingError(f"the loss became {float(loss.detach())} at iteration {iteration + 1}")
+    value = float(loss.detach()) if world is None else world.average({"loss": float(loss.detach())})["loss"]
+    if not math.isfinite(value):  # every process sees the same value, so all stop together
+        raise TrainingError(f"the loss became {value} at iteration {iteration + 1}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)  # one fused pass over the gradients
     optimizer.step()
     alphas = torch.cat([alpha.detach().flatten() for alpha in output.gates.values()])
-    return {
+    numbers = {
         "loss": float(loss.detach()),
         "seg_loss": float(seg.detach()),
         "budget_loss": float(lc.detach()),
         "expected_cost": float(output.expected_cost.detach().float().mean()),
-        "fixed_cost": output.fixed_cost,
         "closed_share": float((alphas == 0).float().mean()),
     }
+    if world is not None:
+        numbers = world.average(numbers)  # the whole batch's: the mean of the processes' equal shares
+    return numbers | {"fixed_cost": output.fixed_cost}
 
 
 def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device) -> dict | None:
@@ -299,59 +321,70 @@ def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device) -> dict 
     return state
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict | None:
     """Train, checkpoint, evaluate; returns the final metrics (also written to ``out/metrics.json``).
 
     Everything that can be refused is checked before ``out`` is created; the run then holds the
     folder's lock (a second run on it is refused) and writes ``config.json`` first. A new run that
     stops before its first checkpoint (an error, Ctrl-C) removes what it wrote, so the folder is
     as it was; a loss that diverges keeps its log. Ctrl-C raises :class:`Interrupted` and a file
-    that cannot be written :class:`OutputError`, each saying which checkpoint is kept."""
+    that cannot be written :class:`OutputError`, each saying which checkpoint is kept.
+
+    Under torchrun every process calls this; process 0 holds the folder and returns the metrics,
+    the others return ``None`` (:mod:`dr.training.distributed`)."""
     check_config(cfg)
     out = Path(out)
-    device = resolve_device(cfg.device)
-    info = dataset_info(cfg.data)
-    crop = cfg.crop or info.train_crop
-    train_set = build_dataset(
-        cfg.data, "train", root=cfg.data_root, train=True, crop=crop, seed=cfg.seed, size=cfg.train_size
-    )
-    val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
-    created = prepare_folder(out)
-    lock = FolderLock(out)
-    if not lock.acquire():
-        if created:
-            out.rmdir()
-        raise LockedError(
-            f"{out} is being written by another run: its lock {lock.path} is held by {lock.describe_holder()}; "
-            "wait for it to finish or choose another --out (nothing was changed)"
+    with join(cfg.device) as world:  # this process alone, or one of the processes torchrun started
+        world.check_batch(cfg.batch)
+        info = dataset_info(cfg.data)
+        crop = cfg.crop or info.train_crop
+        train_set = build_dataset(
+            cfg.data, "train", root=cfg.data_root, train=True, crop=crop, seed=cfg.seed, size=cfg.train_size
         )
-    written: list[Path] = []  # what this call wrote: removed again if a new run stops before its first checkpoint
-    try:
-        if lock.stale_holder:
-            print(
-                f"note: took over {lock.path}, left by process {lock.stale_holder.get('pid')} which is no "
-                "longer running",
-                file=sys.stderr,
+        val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
+        if not world.writes:  # process 0 holds the folder and sends the checkpoint to resume from
+            return _run(cfg, out, world.receive_start(), world, train_set, val_set, crop, info, False, [])
+        created = prepare_folder(out)
+        lock = FolderLock(out)
+        if not lock.acquire():
+            if created:
+                out.rmdir()
+            raise LockedError(
+                f"{out} is being written by another run: its lock {lock.path} is held by {lock.describe_holder()}; "
+                "wait for it to finish or choose another --out (nothing was changed)"
             )
-        state = _resumable_state(cfg, out, resume, device)
-        return _run(cfg, out, state, device, train_set, val_set, crop, info, progress, written)
-    except TrainingError:
-        raise  # the log of a diverged run shows how it diverged: kept
-    except BaseException:
-        if not resume and not (out / CHECKPOINT).exists():  # nothing to resume: leave no half run
-            for path in written:
-                path.unlink(missing_ok=True)
-        raise
-    finally:
-        lock.release()
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        written: list[Path] = []  # what this call wrote: removed again if a new run stops before its first checkpoint
+        try:
+            if lock.stale_holder:
+                print(
+                    f"note: took over {lock.path}, left by process {lock.stale_holder.get('pid')} which is no "
+                    "longer running",
+                    file=sys.stderr,
+                )
+            state = _resumable_state(cfg, out, resume, world.device if world.size == 1 else "cpu")  # cpu: to send
+            world.send_start(state)  # several processes: the others start from it too
+            return _run(cfg, out, state, world, train_set, val_set, crop, info, progress, written)
+        except TrainingError:
+            raise  # the log of a diverged run shows how it diverged: kept
+        except BaseException:
+            if not resume and not (out / CHECKPOINT).exists():  # nothing to resume: leave no half run
+                for path in written:
+                    path.unlink(missing_ok=True)
+            raise
+        finally:
+            lock.release()
+            if created and not any(out.iterdir()):
+                out.rmdir()
 
 
-def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, info, progress: bool, written) -> dict:
-    """The body of :func:`train`, holding the folder's lock; ``written`` collects the files it starts."""
+def _run(
+    cfg: TrainConfig, out: Path, state, world: World, train_set, val_set, crop, info, progress: bool, written
+) -> dict | None:
+    """The body of :func:`train`, holding the folder's lock (process 0 of several: the others write
+    nothing and return ``None``); ``written`` collects the files it starts."""
     resume = state is not None
     start = int(state["iteration"]) if resume else 0
+    device = world.device
     try:
         model, route, optimizer, scheduler, budget, total_cost = build_run(cfg, device, state and state.get("route"))
         seconds = 0.0
@@ -359,16 +392,18 @@ def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, i
             load_model_state(model, state, out / CHECKPOINT)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
+            if world.size == 1:  # several processes reseed every iteration instead (World.seed_step)
+                _set_rng_state(state["rng"])
             seconds = float(state["seconds"])
-        remove_stale_temporaries(out, RUN_FILES)  # of writes killed before their rename
-        written.append(out / CONFIG)
-        write_run_config(out / CONFIG, cfg, model, route, crop, device=device, start=start)
-        if resume:
-            _truncate_log(out / LOG, start)
-        else:
-            written.append(out / LOG)
-            (out / LOG).write_text("")
+        if world.writes:
+            remove_stale_temporaries(out, RUN_FILES)  # of writes killed before their rename
+            written.append(out / CONFIG)
+            write_run_config(out / CONFIG, cfg, model, route, crop, device=device, start=start, processes=world.size)
+            if resume:
+                _truncate_log(out / LOG, start)
+            else:
+                written.append(out / LOG)
+                (out / LOG).write_text("")
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted before training started; {_kept(out)}") from None
     except OSError as error:
@@ -385,7 +420,7 @@ def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, i
             budget,
             total_cost,
             train_set,
-            device,
+            world,
             start=start,
             seconds=seconds,
             bar=bar,
@@ -399,6 +434,8 @@ def _run(cfg: TrainConfig, out: Path, state, device, train_set, val_set, crop, i
         raise OutputError(f"{error}; training stopped and {_kept(out)}") from None
     finally:
         bar.close()
+    if not world.writes:
+        return None  # process 0 evaluates alone and writes the metrics; this one is done
     try:
         metrics, routes = evaluate(
             model,
@@ -446,7 +483,7 @@ def _train_loop(
     budget,
     total_cost: float,
     train_set,
-    device,
+    world: World,
     *,
     start: int,
     seconds: float,
@@ -454,7 +491,7 @@ def _train_loop(
     resumed: bool,
 ) -> float:
     """Iterations ``start`` .. ``cfg.iters``: steps, log lines, checkpoints (``bar``: the progress bar);
-    returns the training seconds."""
+    returns the training seconds. Several processes step together; process 0 alone logs and saves."""
 
     def checkpoint(iteration: int) -> None:
         save_checkpoint(
@@ -472,12 +509,14 @@ def _train_loop(
             out / CHECKPOINT,
         )
 
+    device = world.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     # A static route trains with real skipping: only its paths are computed, so it trains at its
     # own cost instead of the whole space's (drop path needs the dense forward).
     mode = "skip" if route is not None and cfg.drop_path == 0 else None
+    network = world.prepare(model, route if mode == "skip" else None)  # DDP over several processes; else model
     batches = DataLoader(
-        PlannedBatches(train_set, cfg.batch, cfg.seed, start, cfg.iters),
+        PlannedBatches(train_set, cfg.batch, cfg.seed, start, cfg.iters, rank=world.rank, world_size=world.size),
         batch_size=None,
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
@@ -487,9 +526,10 @@ def _train_loop(
     last_saved = start if resumed else None
     mark = time.perf_counter()  # wall time of the loop: data, forward, backward, step, logging
     for iteration, batch in enumerate(batches, start=start):
+        world.seed_step(cfg.seed, iteration)
         try:
             step = training_step(
-                model,
+                network,
                 batch["image"].to(device, non_blocking=True),
                 batch["label"].to(device, non_blocking=True),
                 optimizer=optimizer,
@@ -500,6 +540,7 @@ def _train_loop(
                 route=route,
                 mode=mode,
                 autocast=autocast,
+                world=world if world.size > 1 else None,
             )
         except TrainingError as error:
             bar.close()
@@ -520,7 +561,7 @@ def _train_loop(
         bar.set_postfix(
             loss=f"{step['seg_loss']:.3f}", budget=f"{step['budget_loss']:.4f}", gflops_exp=f"{expected_g:.3f}"
         )
-        if done % cfg.log_every == 0 or done == cfg.iters:
+        if world.writes and (done % cfg.log_every == 0 or done == cfg.iters):
             record = {
                 "iter": done,
                 "loss": step["loss"],
@@ -535,7 +576,8 @@ def _train_loop(
             with open(out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if done % cfg.checkpoint_every == 0 or done == cfg.iters:
-            checkpoint(done)
+            if world.writes:  # (the other processes know it is saved)
+                checkpoint(done)
             last_saved = done
     bar.close()
     return seconds
