@@ -38,7 +38,8 @@ from torch import nn
 
 from dr.cell import Cell, conv_bn, make_transform
 from dr.config import ModelConfig, check_input_size
-from dr.cost import CostModel, expected_cost, padded_size, real_cost
+from dr.cost import CostModel, expected_cost, padded_size
+from dr.cost import real_cost as executed_cost
 from dr.droppath import scheduled_drop_prob
 from dr.gate import SoftConditionalGate
 from dr.gate_fast import FastSoftConditionalGate
@@ -146,7 +147,8 @@ class RoutingOutput:
     - ``active``: per node, (B,) bool, whether the node runs for that image in skipping inference;
     - ``expected_cost``: (B,) Eq. 8 over the routing space (gates, cells, transforms), FLOPs,
       differentiable with respect to the gates;
-    - ``real_cost``: (B,) the routing-space FLOPs the skipping inference executes;
+    - ``real_cost``: (B,) the routing-space FLOPs the skipping inference executes (computed when
+      first read: training never needs it);
     - ``fixed_cost``: FLOPs of stem + decoder, the same for every image.
     """
 
@@ -154,9 +156,14 @@ class RoutingOutput:
     gates: dict[Node, torch.Tensor]
     active: dict[Node, torch.Tensor]
     expected_cost: torch.Tensor
-    real_cost: torch.Tensor
     fixed_cost: float
     space: RoutingSpace = field(repr=False)
+    costs: CostModel = field(repr=False)
+
+    @functools.cached_property
+    def real_cost(self) -> torch.Tensor:
+        """(B,) FLOPs of the routing space that skipping inference executes for each image."""
+        return executed_cost(self.costs, self.gates, self.active)
 
     @property
     def total_real_cost(self) -> torch.Tensor:
@@ -182,9 +189,9 @@ class RoutingOutput:
             {n: torch.cat([p.gates[n] for p in parts]) for n in first.gates},
             {n: torch.cat([p.active[n] for p in parts]) for n in first.active},
             torch.cat([p.expected_cost for p in parts]),
-            torch.cat([p.real_cost for p in parts]),
             first.fixed_cost,
             first.space,
+            first.costs,
         )
 
 
@@ -316,13 +323,7 @@ class DynamicRoutingNet(nn.Module):
         ]
         logits = self.decoder(features)[..., :height, :width]
         return RoutingOutput(
-            logits,
-            gates,
-            active,
-            expected_cost(costs, gates),
-            real_cost(costs, gates, active),
-            costs.fixed_cost.flops,
-            self.space,
+            logits, gates, active, expected_cost(costs, gates), costs.fixed_cost.flops, self.space, costs
         )
 
 
