@@ -190,6 +190,10 @@ def cmd_bench_train(args) -> int:
         f"ratio {result['raw_small_gate_over_fix']:.3f}"
     )
     print(f"  Dynamic-Raw, full-res gate    {result['raw_ms']:9.1f} ms  ratio {result['raw_over_fix']:.3f}")
+    print(
+        f"  embedded data, one batch      {result['data_ms']:9.1f} ms  ratio {result['data_over_fix']:.3f} "
+        "(generation, 128x128)"
+    )
     return 0
 
 

@@ -377,9 +377,10 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
         run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--json") == 0
     )
     result = json.loads(capsys.readouterr().out)
-    for name in ("fix", "raw_small_gate", "raw"):
+    for name in ("fix", "raw_small_gate", "raw", "data"):
         assert result[f"{name}_ms"] > 0
     assert result["raw_small_gate_over_fix"] == pytest.approx(result["raw_small_gate_ms"] / result["fix_ms"])
+    assert result["data_over_fix"] == pytest.approx(result["data_ms"] / result["fix_ms"])
 
 
 def test_static_route_trains_the_same_with_real_skipping():

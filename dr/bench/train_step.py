@@ -6,9 +6,11 @@ import time
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from dr.bench.latency import median_ms
 from dr.config import ModelConfig
+from dr.data.synthetic import SyntheticShapes
 from dr.model import DynamicRoutingNet
 
 #: training variants compared by :func:`train_step_benchmark`: name -> config overrides
@@ -34,7 +36,8 @@ def train_step_benchmark(
 
     The variants run interleaved, round by round, so that drifts of the machine hit them alike;
     the ratios to Network-Fix are what to read. The loss includes the expected cost (as the budget
-    loss would) so the gated variants pay for its graph too.
+    loss would) so the gated variants pay for its graph too. ``data_ms`` is the time to generate
+    one batch of the embedded data (128 x 128, augmented), as the training loop loads it.
     """
     torch.manual_seed(seed)
     images = torch.randn(batch, 3, height, width)
@@ -54,18 +57,33 @@ def train_step_benchmark(
         optimizer.step()
         return time.perf_counter() - tic
 
+    # the embedded data's generator, as the training loop calls it: one batch of augmented samples
+    data = SyntheticShapes("train", seed=seed, train=True)
+    counter = iter(range(10**9))
+
+    def load_batch() -> float:
+        tic = time.perf_counter()
+        default_collate([data[next(counter) % len(data)] for _ in range(batch)])
+        return time.perf_counter() - tic
+
     samples = {name: [] for name in runs}
+    samples["data"] = []
     for round_ in range(warmup + repeats):
         for name, (model, optimizer) in runs.items():
             t = step(model, optimizer)
             if round_ >= warmup:
                 samples[name].append(t)
+        t = load_batch()
+        if round_ >= warmup:
+            samples["data"].append(t)
         if progress:
             print(f"round {round_ + 1}/{warmup + repeats}", end="\r", flush=True)
     result = {"height": height, "width": width, "batch": batch, "repeats": repeats, "threads": torch.get_num_threads()}
-    for name in runs:
+    for name in samples:
         result[f"{name}_ms"] = median_ms(samples[name])
     for name in runs:
         if name != "fix":
             result[f"{name}_over_fix"] = result[f"{name}_ms"] / result["fix_ms"]
+    # generating a batch of embedded images (128 x 128) against the cheapest training step
+    result["data_over_fix"] = result["data_ms"] / result["fix_ms"]
     return result

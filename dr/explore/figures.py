@@ -2,7 +2,8 @@
 
     python -m dr figures [--out figures] [--checkpoints checkpoints]
 
-The first four need nothing but the code; the others read the shipped checkpoints
+The first five (the data samples, the routing space, the classic routes, the gate activations and
+the budget loss) need nothing but the code; the others read the shipped checkpoints
 (``data_scripts/make_checkpoints.py`` regenerates them) and, for the trade-off plot, the
 reproduction study's ``results/reproduction.json`` when it exists.
 """
@@ -16,12 +17,13 @@ import torch
 
 from dr.budget import BUDGETS
 from dr.config import preset
-from dr.data.synthetic import REGIMES, SyntheticShapes
+from dr.data.synthetic import CLASS_NAMES, REGIMES, SyntheticShapes, generate_sample
 from dr.explore.analysis import first_of_each_regime, gate_values, path_frequency, route_of, scale_usage
 from dr.explore.runs import Run, load_run
 from dr.explore.visualise import (
     plot_budget_curves,
     plot_budget_loss,
+    plot_data_samples,
     plot_gate_activations,
     plot_gate_distribution,
     plot_gate_histograms,
@@ -64,6 +66,18 @@ def classic_routes_figure(depth: int = 16, height: int = 1024, width: int = 2048
     return plot_routes(space, {n: named_route(n, space) for n in (*CLASSIC_ROUTES, "full")}, subtitles=subtitles)
 
 
+def data_samples_figure(per_regime: int = 3, seed: int = 0):
+    """The first images of each regime of the embedded val split (the data the notebooks use)."""
+    samples = {regime: [] for regime in REGIMES}
+    index = 0
+    while min(len(v) for v in samples.values()) < per_regime:
+        s = generate_sample(seed, "val", index)
+        if len(samples[s.regime]) < per_regime:
+            samples[s.regime].append((s.image, s.label, s.size))
+        index += 1
+    return plot_data_samples(samples, CLASS_NAMES)
+
+
 def make_figures(
     out: str | FilePath = "figures",
     checkpoints: str | FilePath = "checkpoints",
@@ -85,6 +99,7 @@ def make_figures(
         ),
         "routing_space.png",
     )
+    save(data_samples_figure(), "data_samples.png")
     save(classic_routes_figure(), "classic_routes.png")
     save(plot_gate_activations(), "gate_activations.png")
     save(plot_budget_loss({k: (v.weight, v.target) for k, v in BUDGETS.items() if k != "raw"}), "budget_loss.png")

@@ -6,6 +6,7 @@ matplotlib ``Figure`` (fixed sizes and palette, no global state, no ``plt.show``
 - :func:`plot_gate_activations`: delta of Eq. 3 against sigmoid and softmax, values and gradients;
 - :func:`plot_budget_loss` / :func:`plot_budget_curves` / :func:`plot_gate_distribution`: Eq. 9 as
   a function of the cost, the training curves per budget and the gate values per budget (Fig. 5);
+- :func:`plot_data_samples`: the embedded data, images and labels per scale regime;
 - :func:`plot_image_route`: one image, its label, the prediction and the route it took;
 - :func:`plot_scale_usage`: share of open paths per scale for small / large / mixed images (Fig. 1);
 - :func:`plot_miou_vs_cost`: mIoU against real GFLOPs (the paper's trade-off).
@@ -57,14 +58,14 @@ def colour_of(name: str, index: int = 0, palette: Mapping[str, str] = MODEL_COLO
 CLASS_COLOURS = np.array(
     [
         [90, 90, 90],
+        [255, 225, 25],  # the embedded data's classes are colour pairs; each is drawn as their mix:
+        [240, 50, 230],  # red-green yellow, red-blue magenta, green-blue cyan
+        [70, 240, 240],
         [230, 25, 75],
         [60, 180, 75],
-        [255, 225, 25],
         [0, 130, 200],
         [245, 130, 48],
         [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
         [210, 245, 60],
         [250, 190, 212],
         [0, 128, 128],
@@ -516,6 +517,34 @@ def plot_predictions(rows: Sequence[tuple], *, titles: Sequence[str] | None = No
             ax.imshow(array, interpolation="nearest")
             ax.set_axis_off()
             ax.set_title(f"{titles[r]}: {name}" if titles and name == "image" else name, fontsize=8)
+    return fig
+
+
+def plot_data_samples(
+    samples: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, float]]], class_names: Sequence[str]
+) -> Figure:
+    """Images and their labels, one row per regime: ``samples[regime]`` holds (image (H, W, 3) in
+    [0, 1], label (H, W), object size in pixels) triples; the key names the label colours."""
+    columns = max(len(v) for v in samples.values())
+    fig = figure(1.55 * 2 * columns, 1.75 * len(samples) + 0.5)
+    axes = fig.subplots(len(samples), 2 * columns, squeeze=False)
+    for r, (regime, items) in enumerate(samples.items()):
+        for c in range(columns):
+            image_ax, label_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
+            image_ax.set_axis_off()
+            label_ax.set_axis_off()
+            if c >= len(items):
+                continue
+            image, label, size = items[c]
+            image_ax.imshow(image, interpolation="nearest")
+            label_ax.imshow(colourise(label), interpolation="nearest")
+            image_ax.set_title(f"{regime}: objects ~{size:.0f} px", fontsize=8)
+            label_ax.set_title("label", fontsize=8)
+    handles = [
+        Line2D([], [], marker="s", linestyle="", markersize=9, color=CLASS_COLOURS[k] / 255, label=name)
+        for k, name in enumerate(class_names)
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=9)
     return fig
 
 

@@ -103,7 +103,7 @@ class TrainConfig:
     sepconv_repeats: int | None = option(None, "SepConv3x3 stacked per cell (Table 2); None: the preset's (2)")
     seed: int = option(0, "seed of the weights, the data order and the augmentation")
     train_size: int | None = option(None, "synthetic data: images in the train split; None: 6000")
-    val_size: int | None = option(None, "synthetic data: images in the val split; None: 240")
+    val_size: int | None = option(None, "synthetic data: images in the val split; None: 1440")
     checkpoint_every: int = option(300, "iterations between checkpoints (and one at the end)", resumable=True)
     log_every: int = option(10, "iterations between lines of train_log.jsonl", resumable=True)
     eval_batch: int = option(16, "evaluation batch", resumable=True)
