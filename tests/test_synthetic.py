@@ -18,6 +18,7 @@ from dr.data.synthetic import (
     SyntheticShapes,
     generate,
     generate_sample,
+    generate_sized,
 )
 
 
@@ -145,3 +146,21 @@ def test_the_data_set_gives_normalised_tensors_with_regime_and_size():
     with pytest.raises(DataError, match="larger than the synthetic images"):
         SyntheticShapes("train", crop=(200, 200))
     assert build_dataset("synthetic", "val", size=3)[0]["name"] == "synthetic-val-00000"
+
+
+def test_sized_images_have_objects_of_the_asked_diameter_on_one_background():
+    """The scale explorer's images: the object size follows the slider, the background does not."""
+    sizes = []
+    for diameter in (16, 24, 40, 64, 96, 160, 256, 384):
+        s = generate_sized(diameter, seed=1)
+        assert s.regime == "sized" and s.label.any()
+        lo = DESIGN["aspect"][0] * 0.9 * diameter
+        assert lo <= s.size <= 1.1 * diameter, (diameter, s.size)
+        sizes.append(s.size)
+    assert sizes == sorted(sizes)
+    small, other = generate_sized(16, seed=1), generate_sized(20, seed=1)
+    background = (small.label == 0) & (other.label == 0)
+    assert np.abs(small.image - other.image)[background].max() < 0.35  # same blotches; only the noise window moves
+    assert np.array_equal(generate_sized(30, seed=2).image, generate_sized(30, seed=2).image)
+    with pytest.raises(DataError, match="positive"):
+        generate_sized(0)

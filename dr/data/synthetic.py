@@ -213,14 +213,15 @@ def _paint(index, table, label, owner, ident, rng, obj: Obj) -> None:
     owner[box][inside] = ident
 
 
-def _large_object(rng, height: int, width: int, cls: int) -> Obj:
+def _large_object(rng, height: int, width: int, cls: int, diameter: float | None = None) -> Obj:
     """A huge ellipse whose nearly straight border leaves ``large_background`` of the image to
-    the background, split by a chord so its second colour covers ``large_cue`` of its visible part."""
+    the background, split by a chord so its second colour covers ``large_cue`` of its visible part.
+    ``diameter`` (pixels) fixes its major axis instead of drawing it from ``large_diameter``."""
     side = min(height, width)
     ys = np.arange(2, height, 4, dtype=np.float32)[:, None]
     xs = np.arange(2, width, 4, dtype=np.float32)[None, :]
     for _ in range(20):
-        a = rng.uniform(*DESIGN["large_diameter"]) * side / 2
+        a = rng.uniform(*DESIGN["large_diameter"]) * side / 2 if diameter is None else diameter / 2
         aspect, angle = rng.uniform(*DESIGN["aspect"]), rng.uniform(0, math.pi)
         phi = rng.uniform(0, 2 * math.pi)  # outward normal of the border crossing the image
         n = np.array([math.cos(phi), math.sin(phi)])  # (x, y)
@@ -244,6 +245,73 @@ def _large_object(rng, height: int, width: int, cls: int) -> Obj:
     return Obj(cls, float(cy), float(cx), a, aspect, angle, psi, threshold)
 
 
+class _Scene:
+    """An image being painted: the background, each pixel's colour row and class, each object's
+    visible pixels (to weigh the object size by visible area)."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int):
+        self.rng = rng
+        self.image = _background(rng, height, width)  # (3, H, W)
+        self.colour_index = np.zeros((height, width), np.uint8)  # row of ``table`` per pixel; 0: background
+        self.table = [np.zeros(3, np.float32)]
+        self.label = np.zeros((height, width), np.uint8)
+        self.owner = np.zeros((height, width), np.uint8)  # instance id
+        self.diameters = [0.0]
+
+    def paint(self, obj: Obj, diameter: float) -> None:
+        self.diameters.append(diameter)
+        _paint(self.colour_index, self.table, self.label, self.owner, len(self.diameters) - 1, self.rng, obj)
+
+    def finish(self, regime: str) -> Sample:
+        height, width = self.label.shape
+        image, rng = self.image, self.rng
+        painted = self.colour_index > 0
+        if len(self.table) > 1:
+            colours = np.array(self.table, np.float32)
+            for c in range(3):
+                np.copyto(image[c], np.take(colours[:, c], self.colour_index), where=painted)
+        # per-pixel noise: a window of a fixed noise bank at a random offset (cheap, deterministic)
+        oy, ox = rng.integers(0, _BANK_SIDE - height + 1), rng.integers(0, _BANK_SIDE - width + 1)
+        image += np.float32(DESIGN["noise"]) * _noise_bank()[:, oy : oy + height, ox : ox + width]
+        np.clip(image, 0.0, 1.0, out=image)
+        areas = np.bincount(self.owner.ravel(), minlength=len(self.diameters)).astype(np.float64)
+        areas[0] = 0.0
+        size = float((areas * np.array(self.diameters)).sum() / areas.sum()) if areas.sum() > 0 else 0.0
+        # (H, W, 3) view; the data set permutes it back without a copy
+        return Sample(image.transpose(1, 2, 0), self.label, regime, size)
+
+
+def _small_objects(scene: _Scene, count: int, diameter: tuple[float, float]) -> None:
+    """Paint ``count`` objects of ``diameter`` (min, max) pixels that do not touch each other (fewer
+    when they do not fit): candidates drawn at once, accepted greedily."""
+    rng = scene.rng
+    height, width = scene.label.shape
+    num_classes = len(CLASS_NAMES) - 1
+    n = 4 * count
+    d = rng.uniform(*diameter, size=n)
+    ys = rng.uniform(0, 1, n) * (height - d) + d / 2
+    xs = rng.uniform(0, 1, n) * (width - d) + d / 2
+    params = rng.random((n, 5))
+    kept: list[int] = []
+    for i in range(n):
+        if len(kept) == count:
+            break
+        if kept:
+            k = np.array(kept)
+            if np.any((ys[k] - ys[i]) ** 2 + (xs[k] - xs[i]) ** 2 < ((d[k] + d[i]) / 2 + 1.0) ** 2):
+                continue
+        kept.append(i)
+    lo_off, hi_off = DESIGN["small_offset"]
+    lo_asp, hi_asp = DESIGN["aspect"]
+    for i in kept:
+        a, aspect = d[i] / 2, lo_asp + params[i, 1] * (hi_asp - lo_asp)
+        angle, direction = params[i, 3] * math.pi, params[i, 4] * 2 * math.pi
+        offset = lo_off + params[i, 2] * (hi_off - lo_off)
+        cls = 1 + int(params[i, 0] * num_classes)
+        chord = offset * _extent(a, a * aspect, angle, direction)
+        scene.paint(Obj(cls, ys[i], xs[i], a, aspect, angle, direction, chord), d[i] * (1 + aspect) / 2)
+
+
 def generate_sample(seed: int, split: str, index: int, size: tuple[int, int] = IMAGE_SIZE) -> Sample:
     """Image, label, regime and object size of image ``index`` (deterministic in ``(seed, split, index)``)."""
     if split not in SPLIT_STREAMS:
@@ -251,74 +319,37 @@ def generate_sample(seed: int, split: str, index: int, size: tuple[int, int] = I
     rng = np.random.default_rng([seed, SPLIT_STREAMS[split], index])
     height, width = size
     regime = REGIMES[index % len(REGIMES)]
-    image = _background(rng, height, width)  # (3, H, W)
-    colour_index = np.zeros((height, width), np.uint8)  # row of ``table`` per pixel; 0: background
-    table = [np.zeros(3, np.float32)]
-    label = np.zeros((height, width), np.uint8)
-    owner = np.zeros((height, width), np.uint8)  # instance id, to weigh the size by visible area
-    diameters = [0.0]
-    num_classes = len(CLASS_NAMES) - 1
+    scene = _Scene(rng, height, width)
     if regime in ("large", "mixed"):
-        obj = _large_object(rng, height, width, 1 + int(rng.integers(num_classes)))
-        diameters.append(obj.a * (1 + obj.aspect))
-        _paint(colour_index, table, label, owner, len(diameters) - 1, rng, obj)
+        obj = _large_object(rng, height, width, 1 + int(rng.integers(len(CLASS_NAMES) - 1)))
+        scene.paint(obj, obj.a * (1 + obj.aspect))
     if regime in ("small", "mixed"):
         lo, hi = DESIGN["small_count"] if regime == "small" else DESIGN["mixed_small_count"]
-        count = int(rng.integers(lo, hi + 1))
-        # candidates drawn at once; accepted greedily if they do not touch an accepted one
-        n = 4 * count
-        d = rng.uniform(*DESIGN["small_diameter"], size=n)
-        ys = rng.uniform(0, 1, n) * (height - d) + d / 2
-        xs = rng.uniform(0, 1, n) * (width - d) + d / 2
-        params = rng.random((n, 5))
-        kept: list[int] = []
-        for i in range(n):
-            if len(kept) == count:
-                break
-            if kept:
-                k = np.array(kept)
-                if np.any((ys[k] - ys[i]) ** 2 + (xs[k] - xs[i]) ** 2 < ((d[k] + d[i]) / 2 + 1.0) ** 2):
-                    continue
-            kept.append(i)
-        lo_off, hi_off = DESIGN["small_offset"]
-        lo_asp, hi_asp = DESIGN["aspect"]
-        for i in kept:
-            a, aspect = d[i] / 2, lo_asp + params[i, 1] * (hi_asp - lo_asp)
-            angle, direction = params[i, 3] * math.pi, params[i, 4] * 2 * math.pi
-            offset = lo_off + params[i, 2] * (hi_off - lo_off)
-            diameters.append(d[i] * (1 + aspect) / 2)
-            _paint(
-                colour_index,
-                table,
-                label,
-                owner,
-                len(diameters) - 1,
-                rng,
-                Obj(
-                    1 + int(params[i, 0] * num_classes),
-                    ys[i],
-                    xs[i],
-                    a,
-                    aspect,
-                    angle,
-                    direction,
-                    offset * _extent(a, a * aspect, angle, direction),
-                ),
-            )
-    painted = colour_index > 0
-    if len(table) > 1:
-        colours = np.array(table, np.float32)
-        for c in range(3):
-            np.copyto(image[c], np.take(colours[:, c], colour_index), where=painted)
-    # per-pixel noise: a window of a fixed noise bank at a random offset (cheap, deterministic)
-    oy, ox = rng.integers(0, _BANK_SIDE - height + 1), rng.integers(0, _BANK_SIDE - width + 1)
-    image += np.float32(DESIGN["noise"]) * _noise_bank()[:, oy : oy + height, ox : ox + width]
-    np.clip(image, 0.0, 1.0, out=image)
-    image = image.transpose(1, 2, 0)  # (H, W, 3) view; the data set permutes it back without a copy
-    areas = np.bincount(owner.ravel(), minlength=len(diameters)).astype(np.float64)
-    areas[0] = 0.0
-    object_size = float((areas * np.array(diameters)).sum() / areas.sum()) if areas.sum() > 0 else 0.0
-    return Sample(image, label, regime, object_size)
+        _small_objects(scene, int(rng.integers(lo, hi + 1)), DESIGN["small_diameter"])
+    return scene.finish(regime)
+
+
+def generate_sized(diameter: float, seed: int = 0, size: tuple[int, int] = IMAGE_SIZE) -> Sample:
+    """An image whose objects all have about ``diameter`` pixels (the scale explorer's images).
+
+    Up to ``0.75`` of the image side: as many separate objects as cover about a quarter of the
+    image (1 to 10), their diameters within +-10%; above: one object of that diameter placed as
+    the ``large`` regime places its huge ellipse. The background is the same for every diameter
+    of one ``seed``, so only the objects change along a slider. The regime is ``sized``.
+    """
+    if not diameter > 0:
+        raise DataError(f"object diameter must be positive, got {diameter}")
+    height, width = size
+    side = min(height, width)
+    scene = _Scene(np.random.default_rng([seed, 2]), height, width)
+    scene.rng = np.random.default_rng([seed, 3, round(10 * diameter)])
+    if diameter <= 0.75 * side:
+        count = int(np.clip(round(0.25 * height * width / (math.pi / 4 * diameter**2)), 1, 10))
+        _small_objects(scene, count, (0.9 * diameter, 1.1 * diameter))
+    else:
+        obj = _large_object(scene.rng, height, width, 1 + int(scene.rng.integers(len(CLASS_NAMES) - 1)), diameter)
+        scene.paint(obj, obj.a * (1 + obj.aspect))
+    return scene.finish("sized")
 
 
 def generate(
