@@ -115,12 +115,12 @@ def validate(config: ModelConfig) -> None:
 #: Named presets. ``paper-l16`` / ``paper-l33`` are the paper's Layer16 / Layer33 with
 #: full-resolution gates (Tables 1, 3, 6). ``tiny`` is the CPU tutorial network: C = 16 keeps
 #: every pointwise convolution small, L = 8 still leaves room for routes that stay at a scale
-#: for several layers (FCN-32s, U-Net, ...), and 6 classes fit the embedded data set
-#: (background + 5 shapes). At 128x128 input a forward costs about 0.1 GFLOPs.
+#: for several layers (FCN-32s, U-Net, ...), and 4 classes fit the embedded data set
+#: (background + 3 colour pairs). At 128x128 input a forward costs about 0.03 GFLOPs.
 PRESETS: dict[str, ModelConfig] = {
     "paper-l16": ModelConfig(width=64, depth=16, num_classes=19),
     "paper-l33": ModelConfig(width=64, depth=33, num_classes=19),
-    "tiny": ModelConfig(width=16, depth=8, num_classes=6),
+    "tiny": ModelConfig(width=16, depth=8, num_classes=4),
 }
 
 #: Input size (H, W) each preset is meant for: Cityscapes evaluation size, and the tiny data.
