@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = [
+    "00_the_problem",
     "01_routing_space",
     "02_soft_conditional_gate",
     "03_budget_constraint",
@@ -44,6 +45,34 @@ def test_notebook_is_stripped_parametrised_and_checks_its_claims(path):
     assert "Sec." in first.source, "the title cell names the paper's section"
     assert "assert " in code[-1].source, f"{path.name} must end with asserts of its claims"
     assert "import *" not in "".join(c.source for c in code)
+
+
+#: notebooks with exercises: each has at least three solutions that check their outcome with an assert
+EXERCISE_NOTEBOOKS = [
+    "01_routing_space",
+    "02_soft_conditional_gate",
+    "03_budget_constraint",
+    "04_training",
+    "05_route_explorer",
+]
+#: notebooks where the learner builds a piece of the method and checks it against ``dr`` (cells tagged ``build``)
+BUILD_NOTEBOOKS = ["02_soft_conditional_gate", "03_budget_constraint", "04_training"]
+
+
+def _tagged_code_cells(name: str, tag: str) -> list:
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    return [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("name", EXERCISE_NOTEBOOKS)
+def test_notebook_exercises_have_solutions_that_assert(name):
+    solutions = [c for c in _tagged_code_cells(name, "solution") if "assert " in c.source]
+    assert len(solutions) >= 3, f"{name} needs three code cells tagged 'solution' with an assert, has {len(solutions)}"
+
+
+@pytest.mark.parametrize("name", BUILD_NOTEBOOKS)
+def test_notebook_has_a_build_cell(name):
+    assert _tagged_code_cells(name, "build"), f"{name} needs at least one code cell tagged 'build'"
 
 
 def test_images_the_notebooks_show_exist():
