@@ -2,12 +2,14 @@
 
 The unit tests (``test_visualise.py``) set the widgets' values from Python; this test goes through what a
 reader does. It copies notebook 05 into a temporary folder, runs it in JupyterLab with Run > Run All
-Cells, then turns the controls of both explorers (the image regime, the image number, "next" /
-"previous", the model; the common network's threshold and model) and checks after each change that
+Cells, then turns the controls of its three explorers (the image regime, the image number, "next" /
+"previous", the model; the common network's threshold and model; the scale explorer's object diameter
+slider, seed and model) and checks after each change that
 
 - the figure in the explorer's output changed (the ``<img>`` data URL), and only that explorer's;
 - the numbers line shows what the plain functions give for the new control values
-  (:func:`dr.explore.analysis.route_of`, :func:`dr.explore.widgets.common_network_figure`);
+  (:func:`dr.explore.analysis.route_of`, :func:`dr.explore.widgets.common_network_figure`,
+  :func:`dr.explore.widgets.scale_figure`);
 - no cell shows an error and nothing reached JupyterLab's log console (where widget callbacks'
   tracebacks go);
 - the browser's console shows no error.
@@ -50,6 +52,8 @@ CHROMIUM_FLAGS = [
 ]
 ROUTE = ".dr-route-explorer"  # the classes the explorers add to their widget box
 COMMON = ".dr-common-network-explorer"
+SCALE = ".dr-scale-explorer"
+EXPLORERS = (ROUTE, COMMON, SCALE)
 WAIT_MS = 60_000  # the longest wait for one step (JupyterLab loading, one render); the whole test takes ~60 s
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # to the local server, never through a proxy
 
@@ -163,9 +167,11 @@ def _wait_for_kernel(url: str, token: str) -> None:
     pytest.fail(f"no kernel connected to the browser: {kernels}")
 
 
-# no cell waiting or running, and every code cell numbered or an error shown (Run All stops at the first error)
+# no cell waiting or running, and every code cell numbered or an error shown (Run All stops at the first error); a
+# cell whose source is hidden (the exercises' solutions) shows an empty placeholder prompt beside its hidden input's
 DONE = """() => {
-    const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
+    const prompt = '.jp-Notebook .jp-CodeCell .jp-InputPrompt:not(.jp-Placeholder-prompt)';
+    const prompts = [...document.querySelectorAll(prompt)].map(p => p.textContent);
     const stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]';
     const failed = [...document.querySelectorAll(stderr)].some(e => /Traceback|Error/.test(e.textContent));
     const numbered = prompts.every(p => /^\\[\\d+\\]:$/.test(p.trim()));
@@ -191,10 +197,11 @@ def _run_all_cells(page, url: str, token: str) -> None:
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=WAIT_MS)
 
 
-def _change(page, console: list[str], explorer: str, other: str, action) -> tuple[str, str]:
+def _change(page, console: list[str], explorer: str, action) -> tuple[str, str]:
     """Do ``action`` on ``explorer``'s controls and wait for its figure to change; no error anywhere, new
-    numbers, the ``other`` explorer's figure as it was. Returns the new figure and numbers."""
-    figure, numbers, unchanged = _figure(page, explorer), _numbers(page, explorer), _figure(page, other)
+    numbers, the other explorers' figures as they were. Returns the new figure and numbers."""
+    figure, numbers = _figure(page, explorer), _numbers(page, explorer)
+    unchanged = {other: _figure(page, other) for other in EXPLORERS if other != explorer}
     action()
     page.wait_for_function(CHANGED, arg=[explorer, figure], timeout=WAIT_MS)
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=WAIT_MS)
@@ -203,7 +210,7 @@ def _change(page, console: list[str], explorer: str, other: str, action) -> tupl
     after = _figure(page, explorer), _numbers(page, explorer)
     assert after[0].startswith("data:image/png;base64,") and after[0] != figure
     assert after[1] != numbers, "a new figure comes with new numbers"
-    assert _figure(page, other) == unchanged
+    assert {other: _figure(page, other) for other in unchanged} == unchanged
     return after
 
 
@@ -224,11 +231,25 @@ def _common_numbers(run, name: str, threshold: float) -> list[str]:
     return [f"{name}, threshold {threshold:.2f}", paths, f"{numbers['gflops']:.4f} GFLOPs"]
 
 
+def _scale_numbers(run, name: str, diameter: int, seed: int) -> list[str]:
+    """What the scale explorer's numbers line must say for ``run`` at ``diameter`` pixels and ``seed``."""
+    from dr.explore.widgets import scale_figure
+
+    n = scale_figure(run, diameter, seed, name)[1]
+    return [
+        f"{name}, objects of {diameter} px (measured {n['size']:.1f} px), seed {seed}",
+        f"{n['paths']} of {len(run.space.paths)} paths open, fine-scale share {n['fine_share']:.0%}",
+        f"{n['computed']} of {len(run.space.nodes)} cells computed, {n['bypassed']} bypassed",
+        f"real {n['gflops']:.4f} GFLOPs",
+    ]
+
+
 def test_notebook_05_explorers_answer_their_controls_in_a_browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs python's playwright")
     pytest.importorskip("jupyterlab")
     chromium = _chromium()
     from dr.data.synthetic import SyntheticShapes
+    from dr.explore.figures import DISPLAY
     from dr.explore.runs import load_run
 
     started = time.monotonic()
@@ -271,7 +292,8 @@ def test_notebook_05_explorers_answer_their_controls_in_a_browser(tmp_path):
             # the notebook's models (named Dynamic-<budget>, the shipped checkpoints/tiny-<budget>) and data
             models = _control(page, ROUTE, "widget-dropdown", "model").locator("option").all_inner_texts()
             assert models[0] == "Dynamic-A" and len(models) >= 3, models
-            runs = {name: load_run(ROOT / "checkpoints" / f"tiny-{name.removeprefix('Dynamic-')}") for name in models}
+            shipped = {display: key for key, display in DISPLAY.items()}  # "Dynamic-Raw" -> "raw"
+            runs = {name: load_run(ROOT / "checkpoints" / f"tiny-{shipped[name]}") for name in models}
             first = runs[models[0]]
             val = SyntheticShapes("val", seed=first.config.seed, size=first.config.val_size)
             large = [i for i in range(len(val)) if val.regime(i) == "large"]
@@ -294,7 +316,7 @@ def test_notebook_05_explorers_answer_their_controls_in_a_browser(tmp_path):
 
             # the route explorer: regime, image number, next, previous, model
             def route_step(action, name: str, index: int) -> str:
-                figure, text = _change(page, console, ROUTE, COMMON, action)
+                figure, text = _change(page, console, ROUTE, action)
                 assert all(part in text for part in _route_numbers(runs[name], name, val[index])), text
                 return figure
 
@@ -310,11 +332,22 @@ def test_notebook_05_explorers_answer_their_controls_in_a_browser(tmp_path):
 
             # the common network: the threshold (typed into the slider's readout), then the model
             def common_step(action, name: str, threshold: float) -> None:
-                _, text = _change(page, console, COMMON, ROUTE, action)
+                _, text = _change(page, console, COMMON, action)
                 assert all(part in text for part in _common_numbers(runs[name], name, threshold)), text
 
             common_step(type_into(_control(page, COMMON, "widget-slider", "threshold"), "0.50"), models[0], 0.5)
             common_step(select(COMMON, "model", models[2]), models[2], 0.5)
+
+            # the scale explorer: the diameter (typed into the slider's readout), the seed, the model
+            def scale_step(action, name: str, diameter: int, seed: int) -> None:
+                _, text = _change(page, console, SCALE, action)
+                assert all(part in text for part in _scale_numbers(runs[name], name, diameter, seed)), text
+
+            slider = _control(page, SCALE, "widget-slider", "diameter")
+            scale_step(type_into(slider, "256"), models[0], 256, 0)
+            assert slider.inner_text() == "256"
+            scale_step(type_into(_control(page, SCALE, "widget-text", "seed"), "3"), models[0], 256, 3)
+            scale_step(select(SCALE, "model", models[1]), models[1], 256, 3)
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))
             raise

@@ -1,11 +1,12 @@
 """Inspecting routes: which paths one image opens, which scales a regime keeps, what a run learned.
 
 - :func:`route_of`: run a model on one image (skipping inference, Eq. 5-6) and return its
-  :class:`ImageRoute`: prediction, alpha per path, the cells that ran, real and expected cost;
+  :class:`ImageRoute`: prediction, alpha per path, the nodes that ran, real and expected cost;
 - :func:`scale_usage`: per image regime, the share of paths open out of each scale (Fig. 1);
 - :func:`gate_values`: every alpha a model produces on some images (Fig. 5);
 - :func:`node_costs`: Eq. 7 node by node, expected against real cost, for one image;
-- :func:`path_frequency`: per regime, the share of images in which each path is open.
+- :func:`path_frequency`: per regime, the share of images in which each path is open;
+- :func:`sized_sample`: an image whose objects all have one diameter, ready for :func:`route_of`.
 
 A training folder is read by :func:`dr.explore.runs.load_run`.
 """
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dr.data.base import MEAN, STD
+from dr.data.synthetic import generate_sized
 from dr.model import DynamicRoutingNet
 from dr.routes import Route
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace
@@ -33,7 +36,10 @@ class ImageRoute:
     label: torch.Tensor | None  # (H, W); None for an image without ground truth
     prediction: torch.Tensor  # (H, W)
     weights: dict[Path, float]  # alpha of every path out of a node that ran (0 for closed paths)
-    running: set[Node]  # cells computed
+    # the nodes that ran for this image (the model's ``active``): reached by an open path (node 0 by the stem),
+    # so their gate, if the network has gates, ran. Not all of them computed their cell: one that opened no path
+    # was bypassed (every alpha 0: its X passed on along keep, Eq. 5-6, no cell). node_kinds tells the two apart.
+    running: set[Node]
     real_gflops: float  # what skipping inference executed, stem and decoder included
     expected_gflops: float  # Eq. 8 plus stem and decoder
 
@@ -69,6 +75,23 @@ def route_of(model: DynamicRoutingNet, sample: dict, *, route: Route | None = No
         real_gflops=float(out.total_real_cost[0]) / 1e9,
         expected_gflops=(float(out.expected_cost[0]) + out.fixed_cost) / 1e9,
     )
+
+
+def sized_sample(diameter: float, seed: int = 0) -> dict:
+    """The embedded data's image whose objects all have about ``diameter`` pixels
+    (:func:`dr.data.synthetic.generate_sized`), as the data set's dict: ``image`` normalised
+    (3, H, W) as :class:`~dr.data.synthetic.SyntheticShapes` normalises it, ``label`` (H, W) int64,
+    ``name``, ``regime`` (``sized``) and ``size`` (the measured area-weighted object diameter)."""
+    sample = generate_sized(diameter, seed)
+    image = torch.from_numpy(sample.image).permute(2, 0, 1)  # (3, H, W), as the data set does
+    image = (image - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    return {
+        "image": image.contiguous(),
+        "label": torch.from_numpy(sample.label.astype(np.int64)),
+        "name": f"objects of {diameter:g} px, seed {seed}",
+        "regime": sample.regime,
+        "size": sample.size,
+    }
 
 
 def first_of_each_regime(dataset) -> dict[str, int]:

@@ -11,20 +11,25 @@ while it is dragged.
   "previous" / "next"); see image, ground truth, prediction and the route that image took
   (Fig. 1), with its real and expected cost.
 - :class:`CommonNetworkExplorer`: choose a model and a threshold; see its common network (Fig. 4).
+- :class:`ScaleExplorer`: choose a model, an object diameter (a slider, 12 to 384 pixels) and a seed;
+  see the route an image of objects of that size takes (Fig. 1 as the objects grow), which scales
+  it uses (its fine-scale share) and what it costs.
 
-Both take ``runs`` as a mapping from the name a reader should see (``"Dynamic-A"``) to a
+Each takes ``runs`` as a mapping from the name a reader should see (``"Dynamic-A"``) to a
 :class:`~dr.explore.runs.Run`; that name is the one in the dropdown and in the figure's title.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from dr.cost import CostModel
-from dr.explore.analysis import ImageRoute, route_of
+from dr.explore.adaptation import fine_share
+from dr.explore.analysis import ImageRoute, route_of, sized_sample
 from dr.explore.runs import Run
 from dr.explore.visualise import draw_route, figure, node_kinds, plot_image_route, route_legend
 
@@ -199,6 +204,121 @@ class CommonNetworkExplorer:
             f"{name}, threshold {self.threshold.value:.2f}: <b>{self.numbers['paths']}</b> of "
             f"{len(self.runs[name].space.paths)} paths, {self.numbers['gflops']:.4f} GFLOPs as a static network"
             + (f" (the dynamic one: {dynamic:.4f} on average)" if dynamic is not None else "")
+        )
+        _show(self.output, self.figure)
+        return self.figure
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+#: the scale explorer's object diameters, pixels: from objects a few 1/4-scale pixels wide to objects three
+#: times the 128-pixel image (one huge object whose border crosses it)
+DIAMETERS = (12, 384)
+
+
+def _percent(share: float) -> str:
+    return "none" if math.isnan(share) else f"{share:.0%}"
+
+
+def scale_figure(run: Run, diameter: float, seed: int = 0, name: str | None = None) -> tuple[Figure, dict]:
+    """Fig. 1, one object size at a time: the embedded data's image whose objects all have about
+    ``diameter`` pixels (:func:`~dr.explore.analysis.sized_sample`; its background depends on
+    ``seed`` only), the ground truth, ``run``'s prediction and the route the image takes, its paths
+    that differ from ``run``'s common route in red. ``name`` is the model's name in the title
+    (default: the run's folder name). Returns the figure and its numbers:
+
+    - ``diameter`` (asked for), ``seed``, ``size`` (measured: the area-weighted object diameter);
+    - ``paths``: open paths; ``fine_share``: the share of them that leave a 1/4 or 1/8 node
+      (:func:`~dr.explore.adaptation.fine_share`; NaN without open paths);
+    - ``gflops`` (real, what ran) and ``expected_gflops`` (Eq. 8), stem and decoder included;
+    - ``computed`` / ``bypassed``: nodes that computed their cell / that ran but were bypassed
+      (:func:`~dr.explore.visualise.node_kinds`).
+    """
+    name = name or run.name
+    sample = sized_sample(diameter, seed)
+    info = route_of(run.model, sample, route=run.route)
+    kinds = node_kinds(run.space, info.open_paths, info.running)
+    numbers = {
+        "diameter": float(diameter),
+        "seed": int(seed),
+        "size": float(sample["size"]),
+        "paths": len(info.open_paths),
+        "fine_share": fine_share(info.open_paths),
+        "gflops": info.real_gflops,
+        "expected_gflops": info.expected_gflops,
+        "computed": len(kinds["computed"]),
+        "bypassed": len(kinds["bypassed"]),
+    }
+    common = run.common() if run.routes and run.route is None else None  # paths open in > 95% of images
+    fig = plot_image_route(
+        info.image,
+        info.label,
+        info.prediction,
+        run.space,
+        info.weights,
+        info.running,
+        title=f"{name}: objects of about {diameter:.0f} px (measured {numbers['size']:.0f} px), seed {seed}",
+        cost_text=f"fine-scale share {_percent(numbers['fine_share'])}; {info.cost_text()}",
+        reference=common,
+        reference_name=f"{name}'s common route",
+    )
+    return fig, numbers
+
+
+class ScaleExplorer:
+    """As the objects grow, which scales does the route use? (Fig. 1)
+
+    The diameter slider moves in four steps per doubling (a log scale) and draws once when it is
+    released; its value is rounded to whole pixels. One seed keeps the same background and places
+    objects of every size afresh.
+    """
+
+    def __init__(self, runs: Mapping[str, Run], *, diameter: float = 24, seed: int = 0):
+        if not runs:
+            raise ValueError("ScaleExplorer needs at least one run (name -> dr.explore.Run)")
+        self.runs = dict(runs)
+        low, high = DIAMETERS
+        self.model = widgets.Dropdown(options=list(self.runs), description="model")
+        self.diameter = widgets.FloatLogSlider(
+            value=diameter,
+            base=2,
+            min=math.log2(low),
+            max=math.log2(high),
+            step=0.25,
+            description="diameter",
+            tooltip="object diameter in pixels (the image is 128 x 128)",
+            readout_format=".0f",
+            continuous_update=False,
+            layout=widgets.Layout(width="420px"),
+        )
+        self.seed = widgets.BoundedIntText(
+            value=seed, min=0, max=2**31 - 1, description="seed", continuous_update=False, layout={"width": "180px"}
+        )
+        self.output = widgets.Output()
+        self.info = widgets.HTML()
+        self.figure: Figure | None = None
+        self.numbers: dict = {}
+        for control in (self.model, self.diameter, self.seed):
+            control.observe(lambda _: self.render(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.model, self.diameter, self.seed]), self.info, self.output])
+        self.widget.add_class("dr-scale-explorer")  # a handle for the browser test
+        self.render()
+
+    def render(self) -> Figure:
+        """Draw the current model at the current diameter (whole pixels) and seed; returns the figure."""
+        name, diameter, seed = self.model.value, round(self.diameter.value), self.seed.value
+        run = self.runs[name]
+        self.figure, self.numbers = scale_figure(run, diameter, seed, name)
+        n = self.numbers
+        self.info.value = (
+            f"{name}, objects of {diameter} px (measured {n['size']:.1f} px), seed {seed}: "
+            f"<b>{n['paths']}</b> of {len(run.space.paths)} paths open, fine-scale share "
+            f"<b>{_percent(n['fine_share'])}</b> (out of 1/4 or 1/8); "
+            f"<b>{n['computed']}</b> of {len(run.space.nodes)} cells computed, {n['bypassed']} bypassed; "
+            f"real {n['gflops']:.4f} GFLOPs, expected {n['expected_gflops']:.4f}"
         )
         _show(self.output, self.figure)
         return self.figure
