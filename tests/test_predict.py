@@ -172,4 +172,4 @@ def test_class_colours_are_the_data_sets_own():
     assert voc[0].tolist() == [0, 0, 0] and voc[1].tolist() == [128, 0, 0] and voc[15].tolist() == [192, 128, 128]
     cityscapes = class_colours("cityscapes", 19)
     assert cityscapes[0].tolist() == [128, 64, 128] and cityscapes[18].tolist() == [119, 11, 32]  # road, bicycle
-    assert len(class_colours("synthetic", 6)) == 6
+    assert len(class_colours("synthetic", 4)) == 4

@@ -380,7 +380,7 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
     for name in ("fix", "raw_small_gate", "raw", "data"):
         assert result[f"{name}_ms"] > 0
     assert result["raw_small_gate_over_fix"] == pytest.approx(result["raw_small_gate_ms"] / result["fix_ms"])
-    assert result["data_over_fix"] == pytest.approx(result["data_ms"] / result["fix_ms"])
+    assert "data_over_fix" not in result  # 64x64 steps against 128x128 images: no ratio
 
 
 def test_static_route_trains_the_same_with_real_skipping():

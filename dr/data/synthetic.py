@@ -250,7 +250,8 @@ class _Scene:
     visible pixels (to weigh the object size by visible area)."""
 
     def __init__(self, rng: np.random.Generator, height: int, width: int):
-        self.rng = rng
+        self.rng = rng  # the objects' draws
+        self.noise_rng = rng  # the noise window's draw (generate_sized keeps it apart from the objects')
         self.image = _background(rng, height, width)  # (3, H, W)
         self.colour_index = np.zeros((height, width), np.uint8)  # row of ``table`` per pixel; 0: background
         self.table = [np.zeros(3, np.float32)]
@@ -264,7 +265,7 @@ class _Scene:
 
     def finish(self, regime: str) -> Sample:
         height, width = self.label.shape
-        image, rng = self.image, self.rng
+        image, rng = self.image, self.noise_rng
         painted = self.colour_index > 0
         if len(self.table) > 1:
             colours = np.array(self.table, np.float32)
@@ -332,10 +333,12 @@ def generate_sample(seed: int, split: str, index: int, size: tuple[int, int] = I
 def generate_sized(diameter: float, seed: int = 0, size: tuple[int, int] = IMAGE_SIZE) -> Sample:
     """An image whose objects all have about ``diameter`` pixels (the scale explorer's images).
 
-    Up to ``0.75`` of the image side: as many separate objects as cover about a quarter of the
-    image (1 to 10), their diameters within +-10%; above: one object of that diameter placed as
-    the ``large`` regime places its huge ellipse. The background is the same for every diameter
-    of one ``seed``, so only the objects change along a slider. The regime is ``sized``.
+    Up to ``0.75`` of the image side (96 pixels): separate objects, their diameters within +-10%,
+    as many as cover about a quarter of the image but at most 10 (so 12-16 px objects cover only
+    6-10% of it); above: one object of that diameter (larger than the image from 128 px on),
+    placed as the ``large`` regime places its huge ellipse, so the picture changes in kind between
+    96 and 128 px. The background, noise included, is the same for every diameter of one
+    ``seed``: along a slider only the objects change. The regime is ``sized``.
     """
     if not diameter > 0:
         raise DataError(f"object diameter must be positive, got {diameter}")
@@ -365,10 +368,11 @@ def generate(
 
 
 class SyntheticShapes(Dataset):
-    """The embedded data set as dictionaries (see :mod:`dr.data`), generated on demand.
+    """The embedded data set as dictionaries (see :mod:`dr.data`), generated on demand (the name is
+    from its first design, shapes; see the module docstring for what the images hold now).
 
     - ``split``: ``train`` or ``val`` (disjoint random streams);
-    - ``seed``: generator seed; ``size``: number of images (default 6000 train, 240 val);
+    - ``seed``: generator seed; ``size``: number of images (default 6000 train, 1440 val);
     - ``train``: random horizontal / vertical flips and, if ``crop`` is smaller than the image,
       a random crop (no rescaling: the scale of an object is what defines its regime).
 

@@ -45,6 +45,8 @@ CALIBRATION_MARGIN = 0.05
 #: the test bed's requirements on Network-Fix at the tutorial budget: this mIoU, this seed-to-seed spread
 TASK_LEARNED = 0.70
 SEED_SD = 0.01
+#: Dynamic-Raw "matches" Network-Fix when it is no worse by more than this
+MATCH_MARGIN = 0.01
 
 
 def per_seed(rows: dict, name: str, key: str = "miou") -> dict[str, float]:
@@ -299,7 +301,7 @@ def test_bed_claims(v: Verdicts, oracle: dict) -> None:
         )
         v.add(
             f"Network-Fix is reproducible: standard deviation over seeds at most {100 * SEED_SD:.0f} point",
-            "test bed (decided)",
+            "test bed (reproducible)",
             "seed noise below the gaps to be measured",
             f"standard deviation {100 * sd:.1f} points over {len(fix)} seeds",
             SUPPORTED if sd <= SEED_SD else CONTRADICTED,
@@ -314,7 +316,7 @@ def test_bed_claims(v: Verdicts, oracle: dict) -> None:
             "Dynamic-Raw 76.1 vs Network-Fix 74.5 (Tables 3, 4)",
             f"Dynamic-Raw {fmt_row(v.rows, 'Dynamic-Raw')} vs Network-Fix {fmt_row(v.rows, 'Network-Fix')}; "
             f"{fmt_interval(diff)}",
-            verdict_greater(diff, -SEED_SD),
+            verdict_greater(diff, -MATCH_MARGIN),
             "supported if the paired 95% interval of Raw - Fix lies above -1 point, contradicted if below",
             diff,
         )

@@ -161,7 +161,7 @@ def evaluate(
         "pixel_accuracy": total.pixel_accuracy(),
         "miou_by_regime": {r: m.miou() for r, m in sorted(by_regime.items())},
         # IoU of "object" (any class) against background: how well objects are found, whatever
-        # their class; it separates the scale (localisation) from the shape (recognition)
+        # their class; it separates finding objects (localisation) from naming them (recognition)
         "object_iou_by_regime": {r: m.iou()[1] for r, m in sorted(objects_by_regime.items())},
         # per regime, the confusion matrix itself: regimes of different runs can be pooled exactly
         "confusion_by_regime": {r: m.matrix.tolist() for r, m in sorted(by_regime.items())},
