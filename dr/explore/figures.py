@@ -204,10 +204,11 @@ def study_figures(results: dict, out) -> list[FilePath]:
     rows = results["rows"]
     figures = {}
     if results["fig1"]:
+        counts = sorted({len(r["per_seed"]) for r in results["fig1"].values()})
+        seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         figures["study_scale_usage.png"] = plot_scale_usage(
             {n: r["usage"] for n, r in results["fig1"].items()},
-            title=f"share of paths open out of each scale, by image regime, mean of "
-            f"{len(results['seeds'])} seeds (Fig. 1 analogue)",
+            title=f"share of paths open out of each scale, by image regime, mean of {seeds} seeds (Fig. 1 analogue)",
         )
     if results["fig5"]:
         figures["study_gate_distribution.png"] = plot_gate_histograms(results["fig5"])
