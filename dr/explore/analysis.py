@@ -6,7 +6,8 @@
 - :func:`gate_values`: every alpha a model produces on some images (Fig. 5);
 - :func:`node_costs`: Eq. 7 node by node, expected against real cost, for one image;
 - :func:`path_frequency`: per regime, the share of images in which each path is open;
-- :func:`sized_sample`: an image whose objects all have one diameter, ready for :func:`route_of`.
+- :func:`sized_sample`: an image whose objects all have one diameter, ready for :func:`route_of`;
+- :func:`fixed_alpha_ablation`: mIoU with each image's own alphas against one mean alpha per path.
 
 A training folder is read by :func:`dr.explore.runs.load_run`.
 """
@@ -165,3 +166,54 @@ def gate_values(model: DynamicRoutingNet, images: torch.Tensor) -> np.ndarray:
     out = model(images, mode="skip")
     values = [alpha[out.active[node]].flatten() for node, alpha in out.gates.items()]
     return torch.cat(values).float().cpu().numpy()
+
+
+@torch.no_grad()
+def fixed_alpha_ablation(model: DynamicRoutingNet, dataset, *, batch: int = 24) -> dict[str, dict[str, float]]:
+    """Is it the route, or what the gates see? mIoU per image regime of ``model`` as trained
+    (``per_image``: each image's own alphas) and with every gate's alphas replaced by their mean
+    over ``dataset`` (``mean_alpha``: one fixed weighting of the paths for every image; dense
+    forward, Eq. 4 with those alphas). A gate pools its node's features over the whole image
+    (Eq. 2), so per-image alphas can carry image-wide context into a pixel's prediction, which a
+    static network of the same paths never sees: the gap between the two measures that."""
+    from dr.training.metrics import ConfusionMatrix
+
+    model.eval()
+    gates = {name: node.gate for name, node in model.nodes.items() if node.gate is not None}
+    batches = [
+        torch.utils.data.default_collate([dataset[i] for i in range(j, min(j + batch, len(dataset)))])
+        for j in range(0, len(dataset), batch)
+    ]
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in gates}
+
+    def run(replace) -> dict[str, float]:
+        originals = {name: gate.forward for name, gate in gates.items()}
+        try:
+            for name, gate in gates.items():
+                gate.forward = replace(name, originals[name])
+            matrices: dict[str, ConfusionMatrix] = {}
+            for b in batches:
+                predicted = model(b["image"], mode="soft").logits.argmax(1)
+                for i, regime in enumerate(b["regime"]):
+                    m = matrices.setdefault(regime, ConfusionMatrix(model.config.num_classes))
+                    m.update(predicted[i : i + 1], b["label"][i : i + 1])
+        finally:
+            for name, gate in gates.items():
+                gate.forward = originals[name]
+        total = ConfusionMatrix(model.config.num_classes)
+        for m in matrices.values():
+            total.merge(m)
+        return {"all": total.miou(), **{regime: m.miou() for regime, m in sorted(matrices.items())}}
+
+    def recording(name, forward):
+        def gate(x):
+            alpha = forward(x)
+            seen[name].append(alpha)
+            return alpha
+
+        return gate
+
+    per_image = run(recording)
+    means = {name: torch.cat(values).mean(0, keepdim=True) for name, values in seen.items()}
+    mean_alpha = run(lambda name, forward: lambda x: means[name].expand(x.shape[0], -1))
+    return {"per_image": per_image, "mean_alpha": mean_alpha}
