@@ -43,6 +43,15 @@ DIFFERENT = "#d62728"
 MODEL_COLOURS = {"Network-Fix": "#7f7f7f", "Dynamic-Raw": "#1f5fa8", "Dynamic-C": "#00798c", "Dynamic-B": "#edae49",
                  "Dynamic-A": "#d1495b"}  # fmt: skip
 #: one colour per image regime
+#: the study's row groups (plot_miou_vs_cost): the same colour in every figure, whichever groups it shows
+GROUP_COLOURS = {
+    "static": "#1f5fa8",
+    "calibration": "#d1495b",
+    "fix": "#7f7f7f",
+    "dynamic": "#00798c",
+    "common": "#edae49",
+    "init": "#8d6a9f",
+}
 REGIME_COLOURS = {"small": "#8d6a9f", "large": "#66a182", "mixed": "#e07a5f", "all": "#30343f"}
 
 
@@ -623,7 +632,8 @@ def plot_miou_vs_cost(points: Sequence[Mapping]) -> Figure:
     fig = figure(7.5, 4.6)
     ax = fig.add_subplot()
     groups = list(dict.fromkeys(p.get("group", "") for p in points))
-    for group, colour in zip(groups, SERIES):
+    for group in groups:
+        colour = colour_of(group, groups.index(group), GROUP_COLOURS)  # one colour per group in every figure
         members = [p for p in points if p.get("group", "") == group]
         for p in members:
             xerr = None
@@ -720,6 +730,6 @@ def plot_regime_miou(
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("mIoU (%)")
     ax.set_title("mIoU by image regime", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, over none
     tidy(ax)
     return fig

@@ -122,7 +122,9 @@ class Verdicts:
             for a, b in zip(names, names[1:])
         ]
         means = " < ".join(f"{scale * self.rows[n][key]['mean']:.{digits}f}" for n in names)
-        steps = "; ".join(f"{b} - {a}: {fmt_interval(d, scale)}" for a, b, d in zip(names, names[1:], diffs))
+        # differences in points of mIoU, or (a cost) in 1e-4 GFLOPs, so that their intervals are legible
+        step_scale, unit = (100, "") if scale == 100 else (1e4, " x 1e-4")
+        steps = "; ".join(f"{b} - {a}: {fmt_interval(d, step_scale, unit)}" for a, b, d in zip(names, names[1:], diffs))
         self.add(
             claim, source, paper, f"{means} ({steps})", verdict_all([verdict_greater(d) for d in diffs]), RULE_ORDER
         )
