@@ -12,8 +12,9 @@
 The comparison run (``COMPARED``) has smooth gates (sigmoid: no kink at alpha = 0), the budget A
 from the first iteration, a small learning rate and no effective clipping (the gradient norm is
 about 5, the default clip would hide a gradient of the wrong scale). Measured on torch 2.14:
-per-iteration losses within 6e-6 (relative), final weights within 4e-6, as far apart as one
-process on 1 and on 2 threads. At the default learning rate (0.05) the early training is chaotic:
+per-iteration losses within 1.3e-4 (relative; 1e-7 at the first iteration), final weights within
+1.1e-4 (6e-6 and 4e-6 on the former shape data: the colour task amplifies rounding sooner).
+At the default learning rate (0.05) the early training is chaotic:
 float32 rounding in another order (ReLUs and gates at their kinks) grows to percent-level loss
 differences within 8 iterations, between 1 and 2 processes as between 1 and 2 threads.
 """
@@ -52,9 +53,10 @@ COMPARED = [
     *("--activation", "sigmoid", "--budget", "A", "--budget-start", "0", "--budget-ramp", "0"),
     *("--lr", "0.001", "--clip", "1000"),
 ]
-#: tolerances of the comparison, 15-25 times the gaps measured: relative loss 6e-6, weights 4e-6 (they are
-#: O(1)), BatchNorm running statistics 6e-5 of each tensor's largest value
-LOSS_RTOL, WEIGHT_ATOL, STATISTICS_RTOL = 1e-4, 1e-4, 1e-3
+#: tolerances of the comparison, about 15 times the largest gaps measured on the embedded data (colour pairs):
+#: relative loss 1.3e-4 (at the 6th iteration; 1e-7 at the first), weights 1.1e-4 (they are O(1)), BatchNorm
+#: running statistics 2.0e-3 of each tensor's largest value; mIoU 3e-5
+LOSS_RTOL, WEIGHT_ATOL, STATISTICS_RTOL = 2e-3, 1.5e-3, 3e-2
 #: small runs trained under DDP in the spawned processes
 TINY = [
     *("--batch", "4", "--crop", "64", "--train-size", "8", "--val-size", "2", "--eval-batch", "2"),

@@ -391,7 +391,7 @@ def test_static_route_trains_the_same_with_real_skipping():
     sparse = DynamicRoutingNet(preset("tiny", activation="fix")).train()
     sparse.load_state_dict(dense.state_dict())
     route = named_route("unet", dense.space)
-    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 6, (2, 64, 64))
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, dense.config.num_classes, (2, 64, 64))
     grads = []
     for model, mode in ((dense, "soft"), (sparse, "skip")):
         out = model(images, route=route, mode=mode)
