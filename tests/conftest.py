@@ -15,6 +15,28 @@ from dr.model import DynamicRoutingNet
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data_scripts"))
 
 
+#: command-line options of a short training run on the embedded data (6 iterations, tiny splits)
+SMALL_RUN = [
+    "--iters",
+    "6",
+    "--batch",
+    "2",
+    "--crop",
+    "64",
+    "--train-size",
+    "24",
+    "--val-size",
+    "6",
+    "--eval-batch",
+    "6",
+    "--checkpoint-every",
+    "3",
+    "--log-every",
+    "1",
+    "--quiet",
+]
+
+
 def small_config(**overrides) -> ModelConfig:
     values = dict(width=8, depth=4, num_classes=3)
     values.update(overrides)

@@ -18,6 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from conftest import SMALL_RUN
 
 from dr.cli import main
 from dr.space import RoutingSpace
@@ -26,25 +27,7 @@ from dr.training.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints" / "tiny-A" / "checkpoint.pt"
 #: six iterations of the tiny network on 64x64 crops, a checkpoint every three
-SMALL = [
-    "--iters",
-    "6",
-    "--batch",
-    "2",
-    "--crop",
-    "64",
-    "--train-size",
-    "24",
-    "--val-size",
-    "6",
-    "--eval-batch",
-    "6",
-    "--checkpoint-every",
-    "3",
-    "--log-every",
-    "1",
-    "--quiet",
-]
+SMALL = SMALL_RUN  # a short training run (conftest.SMALL_RUN)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import SMALL_RUN
 
 from dr.cli import main
 from dr.training.checkpoint import load_checkpoint
@@ -21,25 +22,7 @@ from dr.training.files import LOCK, FolderLock, OutputError, atomic_write
 from dr.training.record import PACKAGE_ROOT, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = [
-    "--iters",
-    "6",
-    "--batch",
-    "2",
-    "--crop",
-    "64",
-    "--train-size",
-    "24",
-    "--val-size",
-    "6",
-    "--eval-batch",
-    "6",
-    "--checkpoint-every",
-    "3",
-    "--log-every",
-    "1",
-    "--quiet",
-]
+SMALL = SMALL_RUN  # a short training run (conftest.SMALL_RUN)
 
 
 def expected_commit() -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMALL_RUN
 
 from dr.cli import main
 from dr.config import ConfigError, preset
@@ -25,25 +26,7 @@ from dr.training.evaluate import load_routes
 from dr.training.train import lr_factor, make_budget, parameter_groups, sample_plan
 
 #: a run small enough for a unit test: a few iterations on 64x64 crops of the embedded data
-SMALL = [
-    "--iters",
-    "6",
-    "--batch",
-    "2",
-    "--crop",
-    "64",
-    "--train-size",
-    "24",
-    "--val-size",
-    "6",
-    "--eval-batch",
-    "6",
-    "--checkpoint-every",
-    "3",
-    "--log-every",
-    "1",
-    "--quiet",
-]
+SMALL = SMALL_RUN  # a short training run (conftest.SMALL_RUN)
 METRIC_KEYS = (
     "miou",
     "miou_by_regime",
