@@ -55,8 +55,11 @@ def test_fast_gate_equals_the_plain_gate_in_value_and_gradient(activation, small
     x = torch.randn(5, 16, *size)
     for mode in ("train", "eval"):
         getattr(plain, mode)(), getattr(fast, mode)()
-        with torch.no_grad():  # the fast computation (with gradients, the fast gate runs the plain one)
+        with torch.no_grad():
             torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
+        # in training both updated their batch normalisation's running statistics alike
+        for name, buffer in plain.named_buffers():
+            torch.testing.assert_close(dict(fast.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         a, b = plain(xa), fast(xb)
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
