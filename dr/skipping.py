@@ -67,16 +67,21 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
         opened = alpha > 0  # (n, P)
         works = opened.any(dim=1)  # Eq. 5: the cell is computed for these images
         if not bool(works.all()):  # Eq. 6: Y_keep = X, nothing computed
-            deliver(paths[0], x[~works], rows[~works])
-        if not bool(works.any()):
-            continue
-        h = module.cell(x if bool(works.all()) else x[works])  # Eq. 1 on the working images
-        rows, alpha, opened = rows[works], alpha[works], opened[works]
+            idle = (~works).nonzero().flatten()
+            deliver(paths[0], x.index_select(0, idle), rows.index_select(0, idle))
+            if len(idle) == len(rows):  # every image passes X on: no cell to compute
+                continue
+            working = works.nonzero().flatten()  # one index set, used for X, rows, alpha and opened
+            x, rows, alpha, opened = (t.index_select(0, working) for t in (x, rows, alpha, opened))
+        h = module.cell(x)  # Eq. 1 on the working images
+        weights = alpha[:, :, None, None, None]  # (n, P, 1, 1, 1)
         for j, path in enumerate(paths):
             take = opened[:, j]  # the images for which path j is open
-            if not bool(take.any()):
-                continue
-            everyone = bool(take.all())
-            y = module.transforms[path.direction](h if everyone else h[take])  # T_{s -> j}(H), open paths only
-            deliver(path, alpha[take, j, None, None, None] * y, rows if everyone else rows[take])  # Eq. 6
+            if bool(take.all()):
+                y = module.transforms[path.direction](h)  # T_{s -> j}(H)
+                deliver(path, weights[:, j] * y, rows)  # Eq. 6
+            elif bool(take.any()):  # open for some: computed on those only
+                which = take.nonzero().flatten()
+                y = module.transforms[path.direction](h.index_select(0, which))
+                deliver(path, weights[:, j].index_select(0, which) * y, rows.index_select(0, which))
     return net.end(images, features, gates, reached)
