@@ -110,11 +110,13 @@ def cmd_info(args) -> int:
 
 
 def _bench_setup(args):
-    """The preset and size of a benchmark command, after checking its options (and that one forward
-    of the batch can fit in memory: refused from an estimate, before anything is allocated)."""
+    """The preset, size and device of a benchmark command, after checking its options (and that one
+    forward of the batch can fit in memory: refused from an estimate, before anything is allocated)."""
     from dr.bench.memory import check_memory
+    from dr.training.config import resolve_device
 
     check_choice("preset", args.preset, PRESETS)
+    device = resolve_device(args.device)
     config, (height, width) = preset(args.preset), _size(args)
     check_memory(
         config,
@@ -123,8 +125,14 @@ def _bench_setup(args):
         args.batch,
         what=f"--size {height}x{width} with --batch {args.batch}",
         fix="choose a smaller --size or --batch",
+        device=device,
     )
-    return config, height, width
+    return config, height, width, device
+
+
+def _where(result: dict) -> str:
+    """Where a benchmark ran, for its printed header: the CUDA device, or the CPU and its threads."""
+    return result["device"] if result["device"].startswith("cuda") else f"CPU, {result['threads']} threads"
 
 
 def _printed_json(result: dict, args) -> bool:
@@ -138,20 +146,27 @@ def _printed_json(result: dict, args) -> bool:
 def cmd_bench(args) -> int:
     from dr.bench.latency import benchmark
 
-    config, height, width = _bench_setup(args)
+    config, height, width, device = _bench_setup(args)
     check_choice("route", args.route, ROUTES)
     if args.threads:  # 0: torch's choice
         import torch
 
         torch.set_num_threads(args.threads)
     result = benchmark(
-        config, height, width, args.route, batch=args.batch, repeats=args.repeats, progress=not args.json
+        config,
+        height,
+        width,
+        args.route,
+        batch=args.batch,
+        repeats=args.repeats,
+        progress=not args.json,
+        device=device,
     )
     if _printed_json(result, args):
         return 0
     print(
         f"{args.preset} {height}x{width}, batch {args.batch}, route {args.route}, median of {args.repeats} "
-        f"(CPU, {result['threads']} threads)"
+        f"({_where(result)})"
     )
     print(f"  all open      {result['all_open_ms']:9.1f} ms  {result['gflops_all_open']:8.2f} GFLOPs")
     print(f"  route, skip   {result['route_ms']:9.1f} ms  {result['gflops_route']:8.2f} GFLOPs")
@@ -162,7 +177,10 @@ def cmd_bench(args) -> int:
     )
     if "mixed_ms" in result:
         routes = ", ".join(dict.fromkeys(result["mixed_routes"]))
-        print(f"  mixed batch   {result['mixed_ms']:9.1f} ms  each image on its own route ({routes}, in turn)")
+        print(
+            f"  mixed batch   {result['mixed_ms']:9.1f} ms  each image on its own route ({routes}, in turn), "
+            f"{result['images_per_call']} images per call"
+        )
         print(f"  one by one    {result['one_by_one_ms']:9.1f} ms  the same images and routes, one forward each")
         print(
             f"  mixed_cost_ratio {result['mixed_cost_ratio']:.3f}  "
@@ -176,22 +194,27 @@ def cmd_bench(args) -> int:
 def cmd_bench_train(args) -> int:
     from dr.bench.train_step import train_step_benchmark
 
-    config, height, width = _bench_setup(args)
-    result = train_step_benchmark(config, height, width, batch=args.batch, repeats=args.repeats, progress=not args.json)
+    config, height, width, device = _bench_setup(args)
+    result = train_step_benchmark(
+        config, height, width, batch=args.batch, repeats=args.repeats, progress=not args.json, device=device
+    )
     if _printed_json(result, args):
         return 0
     print(
         f"{args.preset} training step, {height}x{width}, batch {args.batch}, median of {args.repeats} "
-        f"interleaved rounds (CPU, {result['threads']} threads)"
+        f"interleaved rounds ({_where(result)})"
     )
-    print(f"  Network-Fix                   {result['fix_ms']:9.1f} ms")
-    print(
-        f"  Dynamic-Raw, small gate       {result['raw_small_gate_ms']:9.1f} ms  "
-        f"ratio {result['raw_small_gate_over_fix']:.3f}"
-    )
-    print(f"  Dynamic-Raw, full-res gate    {result['raw_ms']:9.1f} ms  ratio {result['raw_over_fix']:.3f}")
+    rows = {
+        "fix": "Network-Fix",
+        "raw_small_gate": "Dynamic-Raw, small gate",
+        "raw_small_gate_plain": "the same, plain dr.gate",
+        "raw": "Dynamic-Raw, full-res gate",
+    }
+    for key, label in rows.items():
+        ratio = "" if key == "fix" else f"ratio {result[f'{key}_over_fix']:.3f}  "
+        print(f"  {label:<29} {result[f'{key}_ms']:9.1f} ms  {ratio}{result[f'{key}_images_per_s']:8.1f} images/s")
     ratio = f"ratio {result['data_over_fix']:.3f}" if "data_over_fix" in result else "(at 128x128: no ratio)"
-    print(f"  embedded data, one batch      {result['data_ms']:9.1f} ms  {ratio}")
+    print(f"  embedded data, one batch      {result['data_ms']:9.1f} ms  {ratio} (generated on the CPU)")
     return 0
 
 
@@ -395,21 +418,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_info)
 
-    bench = sub.add_parser("bench", help="CPU latency: all open vs route (skip) vs route (masked)")
+    bench = sub.add_parser("bench", help="latency: all open vs route (skip) vs route (masked), mixed batch")
     bench.add_argument("--preset", default="paper-l16", help=f"one of {', '.join(PRESETS)}")
     bench.add_argument("--size", help="input HxW (default: the preset's evaluation size)")
     bench.add_argument("--route", default="fcn32s", help=f"one of {', '.join(ROUTES)}")
     bench.add_argument("--batch", type=at_least(1), default=1)
     bench.add_argument("--repeats", type=at_least(1), default=5, help="timed rounds (median reported)")
     bench.add_argument("--threads", type=at_least(0), default=0, help="torch threads (default 0: torch's choice)")
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda (or cuda:N)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=cmd_bench)
 
-    bt = sub.add_parser("bench-train", help="training step time: Dynamic-Raw (small / full gate) vs Network-Fix")
+    bt = sub.add_parser(
+        "bench-train", help="training step time: Dynamic-Raw (small gate, fast / plain; full gate) vs Network-Fix"
+    )
     bt.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
     bt.add_argument("--size", help="crop HxW (default: the preset's size)")
     bt.add_argument("--batch", type=at_least(1), default=8)
     bt.add_argument("--repeats", type=at_least(1), default=10, help="timed rounds (median reported)")
+    bt.add_argument("--device", default="cpu", help="cpu (default) or cuda (or cuda:N)")
     bt.add_argument("--json", action="store_true", help="print one JSON object")
     bt.set_defaults(func=cmd_bench_train)
 

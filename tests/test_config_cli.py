@@ -128,3 +128,4 @@ def test_cli_bench_tiny_reports_ratios():
     assert bench["mixed_routes"] == ["fcn32s", "deeplabv3"] and bench["mixed_real_cost_equal"]
     assert 0 < bench["mixed_cost_ratio"] < 1 and bench["mixed_latency_ratio"] > 0
     assert bench["max_abs_diff_mixed_vs_one_by_one"] < 1e-4
+    assert bench["device"] == "cpu" and bench["images_per_call"] == 2  # 2 x 64 x 64 pixels: one chunk

@@ -142,7 +142,9 @@ def test_a_bad_eval_option_is_named(capsys, tmp_path, args, words):
         (("--threads", "-3"), ["--threads", "-3"]),
         (("--size", "100000x100000"), ["--size", "memory", "GB"]),
         (("--size", "4096x4096", "--batch", "100000"), ["--batch", "memory"]),
-    ],
+        (("--device", "tpu"), ["unknown device 'tpu'", "--device"]),
+    ]
+    + ([] if torch.cuda.is_available() else [(("--device", "cuda"), ["no CUDA device", "--device cpu"])]),
 )
 def test_a_bad_bench_option_is_refused_before_anything_runs(capsys, args, words):
     start = time.perf_counter()
@@ -150,6 +152,11 @@ def test_a_bad_bench_option_is_refused_before_anything_runs(capsys, args, words)
     for word in words:
         assert word in err, err
     assert time.perf_counter() - start < 20  # refused from an estimate, not from a failed allocation
+
+
+def test_bench_train_refuses_an_unknown_device(capsys):
+    err = refused(capsys, "bench-train", "--preset", "tiny", "--repeats", "1", "--device", "cuda:x")
+    assert "unknown device 'cuda:x'" in err and "--device" in err, err
 
 
 # ---------------------------------------------------------------------- routes files

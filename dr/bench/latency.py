@@ -27,7 +27,7 @@ from torch import nn
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet, RoutingOutput
 from dr.routes import CLASSIC_ROUTES, named_route
-from dr.training.evaluate import forward_in_chunks
+from dr.training.evaluate import CHUNK_PIXELS, forward_in_chunks
 
 
 @torch.no_grad()
@@ -44,8 +44,9 @@ def calibrate_batchnorm(
             m.momentum = None  # cumulative average
     was_training = model.training
     model.train()
+    device = next(model.parameters()).device
     for _ in range(passes):
-        model(torch.randn(batch, 3, height, width, generator=generator), mode="soft")
+        model(torch.randn(batch, 3, height, width, generator=generator).to(device), mode="soft")
     for m, momentum in saved.items():
         m.momentum = momentum
     model.train(was_training)
@@ -53,6 +54,17 @@ def calibrate_batchnorm(
 
 def median_ms(samples: list[float]) -> float:
     return 1000.0 * statistics.median(samples)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds ``fn()`` takes; on CUDA the queued kernels are waited for before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def benchmark(
@@ -65,8 +77,9 @@ def benchmark(
     repeats: int = 5,
     seed: int = 0,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict:
-    """Time, interleaved round by round in one process, on the same weights and images:
+    """Time, interleaved round by round in one process, on the same weights and images (on ``device``):
 
     - ``all_open``: every path of every image executed (skipping inference with every gate open);
     - ``route``: every image on the route ``route_name``, real skipping;
@@ -78,12 +91,13 @@ def benchmark(
     Returns a JSON-able dict: the medians, each cost ratio (real FLOPs against all-open) next to its
     latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), and the
     largest differences between the executions' logits (they compute the same function)."""
+    device = torch.device(device)
     torch.manual_seed(seed)
-    model = DynamicRoutingNet(config.replace(gate_init="small"))  # every gate open: the routes alone decide
+    model = DynamicRoutingNet(config.replace(gate_init="small")).to(device)  # every gate open: routes decide
     calibrate_batchnorm(model, height, width, seed=seed)
     model.eval()
     route = named_route(route_name, model.space)
-    images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1))
+    images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     names = [route_name] + [n for n in (*CLASSIC_ROUTES, "full") if n != route_name]
     mixed = [named_route(names[i % len(names)], model.space) for i in range(batch)]
 
@@ -92,13 +106,16 @@ def benchmark(
         outs = [model(images[i : i + 1], route=[mixed[i]], mode="skip") for i in range(batch)]
         return RoutingOutput.cat(outs)
 
+    # on the CPU a batch runs in chunks of at most CHUNK_PIXELS input pixels, as evaluation runs it
+    # (one image per call from 512x1024 up); CUDA has no reason to split it
+    chunk = None if device.type == "cuda" else CHUNK_PIXELS
     runs = {
-        "all_open": lambda: forward_in_chunks(model, images, mode="skip"),
-        "route": lambda: forward_in_chunks(model, images, route=route, mode="skip"),
-        "masked": lambda: forward_in_chunks(model, images, route=route, mode="masked"),
+        "all_open": lambda: forward_in_chunks(model, images, mode="skip", max_pixels=chunk),
+        "route": lambda: forward_in_chunks(model, images, route=route, mode="skip", max_pixels=chunk),
+        "masked": lambda: forward_in_chunks(model, images, route=route, mode="masked", max_pixels=chunk),
     }
     if batch > 1:
-        runs["mixed"] = lambda: forward_in_chunks(model, images, route=mixed, mode="skip")
+        runs["mixed"] = lambda: forward_in_chunks(model, images, route=mixed, mode="skip", max_pixels=chunk)
         runs["one_by_one"] = one_by_one
     with torch.inference_mode():
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up and results
@@ -111,9 +128,7 @@ def benchmark(
         for round_index in rounds:  # each round in another order, so that no run inherits another's garbage
             order = list(runs.items())
             for name, fn in order[round_index % len(order) :] + order[: round_index % len(order)]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timed(fn, device))
     costs = model.cost_model(height, width)
     cost = {name: float(out.total_real_cost.mean()) for name, out in outputs.items()}
     ms = {name: median_ms(t) for name, t in times.items()}
@@ -123,6 +138,8 @@ def benchmark(
         "batch": batch,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "images_per_call": batch if chunk is None else min(batch, max(1, chunk // (height * width))),
         "gflops_all_open": cost["all_open"] / 1e9,
         "gflops_all_open_analytic": costs.all_open.flops / 1e9,
         "gflops_route": cost["route"] / 1e9,

@@ -37,12 +37,21 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_memory(config: ModelConfig, height: int, width: int, batch: int = 1, *, what: str, fix: str) -> None:
-    """:class:`ConfigError` if a forward of ``batch`` HxW images surely does not fit in memory.
-    ``what`` names the input (``--size 100000x100000 with --batch 1``), ``fix`` the way out."""
-    need, have = least_bytes(config, height, width, batch), available_bytes()
+def check_memory(
+    config: ModelConfig, height: int, width: int, batch: int = 1, *, what: str, fix: str, device=None
+) -> None:
+    """:class:`ConfigError` if a forward of ``batch`` HxW images surely does not fit in memory (the
+    machine's, or the free memory of a CUDA ``device``). ``what`` names the input (``--size
+    100000x100000 with --batch 1``), ``fix`` the way out."""
+    need = least_bytes(config, height, width, batch)
+    if device is not None and device.type == "cuda":
+        import torch
+
+        have, where = torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    else:
+        have, where = available_bytes(), "available here"
     if have is not None and need > have:
         raise ConfigError(
             f"{what} needs at least {need / 1e9:,.1f} GB of memory for one forward, more than the "
-            f"{have / 1e9:,.1f} GB available here; {fix}"
+            f"{have / 1e9:,.1f} GB {where}; {fix}"
         )

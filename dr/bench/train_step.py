@@ -8,16 +8,17 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from dr.bench.latency import median_ms
+from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
 from dr.data.synthetic import IMAGE_SIZE, SyntheticShapes
 from dr.model import DynamicRoutingNet
 
-#: training variants compared by :func:`train_step_benchmark`: name -> config overrides
+#: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate)
 TRAIN_VARIANTS = {
-    "fix": dict(activation="fix"),  # Network-Fix: no gates
-    "raw_small_gate": dict(small_gate=True),  # Dynamic-Raw with gates on 4x down-sampled features
-    "raw": dict(),  # Dynamic-Raw with full-resolution gates
+    "fix": (dict(activation="fix"), True),  # Network-Fix: no gates
+    "raw_small_gate": (dict(small_gate=True), True),  # Dynamic-Raw, gates on 4x down-sampled features
+    "raw_small_gate_plain": (dict(small_gate=True), False),  # the same with dr.gate's plain gate (what it saves)
+    "raw": (dict(), True),  # Dynamic-Raw with full-resolution gates
 }
 
 
@@ -31,31 +32,37 @@ def train_step_benchmark(
     warmup: int = 2,
     seed: int = 0,
     progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict:
-    """Median wall time of one training step (forward, loss, backward, SGD step) per variant.
+    """Median wall time of one training step (forward, loss, backward, SGD step) per variant, on
+    ``device`` (float32; ``images_per_s`` is ``batch`` over the median step).
 
     The variants run interleaved, round by round, so that drifts of the machine hit them alike;
-    the ratios to Network-Fix are what to read. The loss includes the expected cost (as the budget
-    loss would) so the gated variants pay for its graph too. ``data_ms`` is the time to generate
-    one batch of the embedded data (128 x 128, augmented), as the training loop loads it.
+    the ratios to Network-Fix are what to read (``raw_small_gate_plain``: the model with
+    :mod:`dr.gate`'s plain gate, which the model's fast gate replaces). The loss includes the
+    expected cost (as the budget loss would) so the gated variants pay for its graph too.
+    ``data_ms`` is the time to generate one batch of the embedded data (128 x 128, augmented), as
+    the training loop loads it.
     """
+    device = torch.device(device)
     torch.manual_seed(seed)
-    images = torch.randn(batch, 3, height, width)
-    labels = torch.randint(0, config.num_classes, (batch, height, width))
+    images = torch.randn(batch, 3, height, width).to(device)
+    labels = torch.randint(0, config.num_classes, (batch, height, width)).to(device)
     runs = {}
-    for name, overrides in TRAIN_VARIANTS.items():
-        model = DynamicRoutingNet(config.replace(**overrides)).train()
+    for name, (overrides, fast_gate) in TRAIN_VARIANTS.items():
+        model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate).to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         runs[name] = (model, optimizer)
 
     def step(model, optimizer) -> float:
-        tic = time.perf_counter()
-        out = model(images)
-        loss = nn.functional.cross_entropy(out.logits, labels) + 1e-12 * out.expected_cost.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - tic
+        def once():
+            out = model(images)
+            loss = nn.functional.cross_entropy(out.logits, labels) + 1e-12 * out.expected_cost.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return timed(once, device)
 
     # the embedded data's generator, as the training loop calls it: one batch of augmented samples
     data = SyntheticShapes("train", seed=seed, train=True)
@@ -68,7 +75,12 @@ def train_step_benchmark(
 
     samples = {name: [] for name in runs}
     samples["data"] = []
-    for round_ in range(warmup + repeats):
+    rounds = range(warmup + repeats)
+    if progress:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc="bench-train", unit="round")  # on stderr
+    for round_ in rounds:
         for name, (model, optimizer) in runs.items():
             t = step(model, optimizer)
             if round_ >= warmup:
@@ -76,11 +88,18 @@ def train_step_benchmark(
         t = load_batch()
         if round_ >= warmup:
             samples["data"].append(t)
-        if progress:
-            print(f"round {round_ + 1}/{warmup + repeats}", end="\r", flush=True)
-    result = {"height": height, "width": width, "batch": batch, "repeats": repeats, "threads": torch.get_num_threads()}
+    result = {
+        "height": height,
+        "width": width,
+        "batch": batch,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     for name in samples:
         result[f"{name}_ms"] = median_ms(samples[name])
+    for name in runs:
+        result[f"{name}_images_per_s"] = batch / (result[f"{name}_ms"] / 1000.0)
     for name in runs:
         if name != "fix":
             result[f"{name}_over_fix"] = result[f"{name}_ms"] / result["fix_ms"]
