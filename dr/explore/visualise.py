@@ -51,6 +51,9 @@ GROUP_COLOURS = {
     "dynamic": "#00798c",
     "common": "#edae49",
     "init": "#8d6a9f",
+    "activation": "#30343f",
+    "cell": "#e07a5f",
+    "hard": "#9c6644",
 }
 REGIME_COLOURS = {"small": "#8d6a9f", "large": "#66a182", "mixed": "#e07a5f", "all": "#30343f"}
 
