@@ -20,8 +20,8 @@ bench-train --preset tiny``, whose ``raw_small_gate_plain`` row is the plain gat
 "Training: what was measured"): a training step of Dynamic-Raw (small gate) over Network-Fix takes
 1.26 with this computation against 1.33 with the plain one at 2 threads, but 1.26 against 1.19 at
 one thread, where a convolution wakes no threads. So in training (autograd recording) with one
-thread the plain computation runs. At inference this one is as fast as or faster than the former
-``matmul(w1, x.reshape(B, C, h * w))`` (6.7 against 10.3 ms for a full-resolution gate on a
+thread the plain computation runs. At inference this one is as fast as or faster than a matrix
+product on the NCHW layout, ``matmul(w1, x.reshape(B, C, h * w))`` (6.7 against 10.3 ms for a full-resolution gate on a
 1 x 64 x 128 x 256 input, 2 threads).
 
 The parameters (and state-dict names and shapes) are exactly those of

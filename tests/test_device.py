@@ -37,28 +37,19 @@ def test_cuda_forward_matches_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("command", ["bench", "bench-train"])
 def test_the_benchmarks_run_on_cuda(capsys, command):
-    """``bench`` / ``bench-train --device cuda`` time the GPU (kernels waited for) and say so."""
+    """``bench`` / ``bench-train --device cuda`` run on the GPU and say so (TF32 off: full float32)."""
     extra = ("--route", "fcn32s") if command == "bench" else ()
-    assert (
-        main(
-            [
-                command,
-                "--preset",
-                "tiny",
-                "--size",
-                "64x64",
-                "--batch",
-                "2",
-                "--repeats",
-                "2",
-                "--device",
-                "cuda",
-                *extra,
-                "--json",
-            ]
-        )
-        == 0
-    )
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32
+    try:
+        check_benchmark_on_cuda(capsys, command, extra)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def check_benchmark_on_cuda(capsys, command, extra):
+    args = ["--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--device", "cuda", *extra]
+    assert main([command, *args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["device"].startswith("cuda")
     if command == "bench":
