@@ -34,20 +34,20 @@ def test_cuda_forward_matches_cpu():
     assert drop_path(torch.ones(8, 1, 1, 1, device="cuda"), 0.5).is_cuda
 
 
+@pytest.fixture
+def full_float32():
+    """cuDNN convolutions and CUDA matrix products in float32 (PyTorch lets cuDNN round to TF32)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("command", ["bench", "bench-train"])
-def test_the_benchmarks_run_on_cuda(capsys, command):
-    """``bench`` / ``bench-train --device cuda`` run on the GPU and say so (TF32 off: full float32)."""
+def test_the_benchmarks_run_on_cuda(capsys, full_float32, command):
+    """``bench`` / ``bench-train --device cuda`` run on the GPU and say so."""
     extra = ("--route", "fcn32s") if command == "bench" else ()
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32
-    try:
-        check_benchmark_on_cuda(capsys, command, extra)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
-
-
-def check_benchmark_on_cuda(capsys, command, extra):
     args = ["--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--device", "cuda", *extra]
     assert main([command, *args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -60,8 +60,8 @@ def check_benchmark_on_cuda(capsys, command, extra):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("small", [False, True])
-def test_the_fast_gate_equals_the_plain_gate_on_cuda(small):
-    """cuDNN's BatchNorm and matrix products instead of the CPU kernels (TF32 off: full float32)."""
+def test_the_fast_gate_equals_the_plain_gate_on_cuda(full_float32, small):
+    """cuDNN's BatchNorm and matrix products instead of the CPU kernels."""
     from dr.gate import SoftConditionalGate
     from dr.gate_fast import FastSoftConditionalGate
 
@@ -70,15 +70,10 @@ def test_the_fast_gate_equals_the_plain_gate_on_cuda(small):
     fast = FastSoftConditionalGate(32, 3, small=small).cuda().train()
     fast.load_state_dict(plain.state_dict())
     x = torch.randn(4, 32, 40, 48, device="cuda")
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        a, b = plain(xa), fast(xb)
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-        a.sum().backward()
-        b.sum().backward()
-        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(fast.norm.running_var, plain.norm.running_var, rtol=1e-5, atol=1e-6)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a, b = plain(xa), fast(xb)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    a.sum().backward()
+    b.sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast.norm.running_var, plain.norm.running_var, rtol=1e-5, atol=1e-6)

@@ -41,21 +41,21 @@ def test_gate_matches_naive_reference(activation, small):
         assert (batched == 0).any() and (batched > 0).any(), "max(0, tanh) should close some paths here"
 
 
+@pytest.fixture
+def two_threads():
+    """torch on two threads (the fast gate's training computation; on one it runs the plain one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softmax"])
 @pytest.mark.parametrize("small", [False, True])
 @pytest.mark.parametrize("size", [(12, 20), (13, 22)])  # sides that are / are not multiples of 4
-def test_fast_gate_equals_the_plain_gate_in_value_and_gradient(activation, small, size):
+def test_fast_gate_equals_the_plain_gate_in_value_and_gradient(two_threads, activation, small, size):
     """dr.gate_fast computes dr.gate's function with the same parameters, only faster (with two
     threads its own computation runs in training too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        check_fast_gate_equals_the_plain_gate(activation, small, size)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def check_fast_gate_equals_the_plain_gate(activation, small, size):
     torch.manual_seed(1)
     plain = SoftConditionalGate(16, 3, activation=activation, small=small)
     randomize_batchnorm(plain)

@@ -27,7 +27,7 @@ from torch import nn
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet, RoutingOutput
 from dr.routes import CLASSIC_ROUTES, named_route
-from dr.training.evaluate import CHUNK_PIXELS, forward_in_chunks
+from dr.training.evaluate import CHUNK_PIXELS, forward_in_chunks, images_per_chunk
 
 
 @torch.no_grad()
@@ -139,7 +139,7 @@ def benchmark(
         "repeats": repeats,
         "threads": torch.get_num_threads(),
         "device": str(device),
-        "images_per_call": batch if chunk is None else min(batch, max(1, chunk // (height * width))),
+        "images_per_call": images_per_chunk(batch, height, width, chunk),
         "gflops_all_open": cost["all_open"] / 1e9,
         "gflops_all_open_analytic": costs.all_open.flops / 1e9,
         "gflops_route": cost["route"] / 1e9,

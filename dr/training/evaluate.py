@@ -36,6 +36,11 @@ ROUTES_FORMAT = "dr-routes"
 CHUNK_PIXELS = 2**19
 
 
+def images_per_chunk(batch: int, height: int, width: int, max_pixels: int | None = CHUNK_PIXELS) -> int:
+    """How many HxW images one call of :func:`forward_in_chunks` carries (the whole batch without a limit)."""
+    return batch if not max_pixels else min(batch, max(1, max_pixels // (height * width)))
+
+
 def forward_in_chunks(
     model, images: torch.Tensor, *, route=None, mode: str | None = None, max_pixels: int | None = CHUNK_PIXELS
 ) -> RoutingOutput:
@@ -44,7 +49,7 @@ def forward_in_chunks(
     ``route``: one route for every image, or one per image (split with the chunks)."""
     if model.training:
         raise ValueError("forward_in_chunks is for inference: call model.eval() first (BatchNorm statistics)")
-    per_chunk = len(images) if not max_pixels else max(1, max_pixels // (images.shape[-2] * images.shape[-1]))
+    per_chunk = images_per_chunk(len(images), *images.shape[-2:], max_pixels)
     if len(images) <= per_chunk:
         return model(images, route=route, mode=mode)
     per_image = isinstance(route, (list, tuple))
