@@ -365,10 +365,23 @@ def plot_budget_loss(budgets: Mapping[str, tuple[float, float]]) -> Figure:
     x = np.linspace(0, 1, 201)
     fig = figure(5.0, 3.2)
     ax = fig.add_subplot()
+    by_target: dict[float, list[str]] = {}
     for k, (name, (weight, target)) in enumerate(budgets.items()):
         colour = colour_of(name, k)
         ax.plot(x, weight * (x - target) ** 2, color=colour, lw=2, label=f"{name}: lambda2={weight}, mu={target}")
-        ax.axvline(target, color=colour, lw=0.8, ls=":")
+        by_target.setdefault(target, []).append(name)
+    top = max(weight for weight, _ in budgets.values())
+    for target, names in by_target.items():  # one dotted line per target, named by its budgets
+        ax.axvline(target, color="#555555", lw=0.8, ls=":")
+        ax.text(
+            target + 0.01,
+            0.55 * top,
+            f"mu = {target} ({', '.join(names)})",
+            fontsize=8,
+            color="#555555",
+            rotation=90,
+            va="bottom",
+        )
     finish(
         ax,
         "expected cost fraction C(Space) / C",
