@@ -386,6 +386,40 @@ def test_sigint_in_a_subprocess_tells_the_truth(tmp_path):
     assert temporaries(out) == []
 
 
+TRIP_IN_NUMPY = """
+import os, runpy, signal, sys
+
+class Trip:  # one Ctrl-C at the moment torch's C code is importing numpy, where it drops errors
+    tripped = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy._core._add_newdocs" and not Trip.tripped:
+            Trip.tripped = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Trip())
+sys.argv = ["dr", *sys.argv[1:]]
+runpy.run_module("dr", run_name="__main__")
+"""
+
+
+def test_sigint_while_torch_imports_numpy_stops_the_command(tmp_path):
+    """Ctrl-C inside torch's import of numpy: torch swallows the KeyboardInterrupt there, so without
+    holding the signal back the command carried on with a half-imported numpy (CI saw it:
+    ``module 'numpy' has no attribute 'logical_or'`` from training) or trained to the end."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", TRIP_IN_NUMPY, "train", "--out", str(out), *SMALL],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert "before the command started" in proc.stderr and not out.exists()
+
+
 # ---------------------------------------------------------------------- left behind
 def test_temporaries_of_a_killed_write_are_removed_by_the_next_run(run, tmp_path):
     folder = tmp_path / "run"
@@ -486,3 +520,12 @@ def test_a_voc_list_that_is_not_utf8_is_named(capsys, tmp_path, trees):
     err = refused(capsys, "train", "--out", tmp_path / "run", "--data", "voc", "--data-root", root, *SMALL)
     assert str(listing) in err and "UTF-8" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_dr_script_holds_ctrl_c_back_while_importing_as_python_m_dr_does():
+    from importlib.metadata import entry_points
+
+    import dr.__main__
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "dr"]
+    assert script.load() is dr.__main__.run
