@@ -81,14 +81,20 @@ class UpTransform(nn.Module):
 
 
 class DownTransform(nn.Module):
-    """T_{s->s/2}: ReLU -> conv1x1 stride 2 (C -> 2C) + BN + ReLU."""
+    """T_{s->s/2}: ReLU -> conv1x1 stride 2 (C -> 2C) + BN + ReLU.
+
+    A 1x1 convolution of stride 2 reads the pixels (2i, 2j) only, so it is computed as a 1x1
+    convolution of stride 1 on those pixels: the same function and parameters, but not the kernel
+    of stride 2, whose backward pass on channels-last tensors corrupts memory in torch 2.14's CPU
+    build with two threads (``free(): invalid next size``, e.g. 8 channels, a batch of 3 at 16x16;
+    ``tests/test_cell.py`` runs that case)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.proj = conv_bn(channels, channels * 2, 1, stride=2)
+        self.proj = conv_bn(channels, channels * 2, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(h))  # (B, 2C, H/2, W/2)
+        return self.proj(F.relu(h[:, :, ::2, ::2]))  # (B, 2C, H/2, W/2)
 
 
 def make_transform(direction: str, channels: int) -> nn.Module:

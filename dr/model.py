@@ -195,6 +195,14 @@ class RoutingOutput:
         )
 
 
+#: The memory layout of the network's weights and features: channels last, (B, H, W, C) in memory.
+#: On the CPU, oneDNN's convolutions reorder an NCHW tensor at every call; channels last they run
+#: directly, and a whole forward is faster (measured with torch 2.14 on the 2-core machine, in one
+#: process: Layer16 at 512x1024, batch 1, all paths open, 0.70-0.80 of the NCHW time; a tiny
+#: training step of Network-Fix, batch 8, 0.71). The images are put in this layout by ``begin``.
+MEMORY_FORMAT = torch.channels_last
+
+
 class DynamicRoutingNet(nn.Module):
     """Dynamic routing network of a :class:`~dr.config.ModelConfig`.
 
@@ -224,6 +232,7 @@ class DynamicRoutingNet(nn.Module):
         self.decoder = NaiveDecoder(config.width, config.num_classes)
         self._cost_models: dict[tuple[int, int], CostModel] = {}
         self.reset_parameters()
+        self.to(memory_format=MEMORY_FORMAT)  # after the init, so the same seed gives the same weights
 
     def reset_parameters(self) -> None:
         """Kaiming normal (fan_in) for every convolution, then each gate's own init (beta = 1.5)."""
@@ -307,6 +316,7 @@ class DynamicRoutingNet(nn.Module):
             if (padded_h, padded_w) != (height, width)
             else images
         )
+        x = x.contiguous(memory_format=MEMORY_FORMAT)
         return self.stem(x), route_masks(self.space, route, len(images), images.device)
 
     def end(self, images: torch.Tensor, features: list, gates: dict, active: dict) -> RoutingOutput:
@@ -318,7 +328,9 @@ class DynamicRoutingNet(nn.Module):
         features = [
             f
             if f is not None
-            else images.new_zeros(len(images), channels(self.config.width, s), stem_h // 2**s, stem_w // 2**s)
+            else images.new_zeros(
+                len(images), channels(self.config.width, s), stem_h // 2**s, stem_w // 2**s
+            ).contiguous(memory_format=MEMORY_FORMAT)
             for s, f in enumerate(features)
         ]
         logits = self.decoder(features)[..., :height, :width]

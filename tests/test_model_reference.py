@@ -8,10 +8,12 @@ from conftest import assert_same_output, diversify_gates, randomize_batchnorm, s
 from reference import forward_reference, gate_reference
 
 from dr.bench.latency import calibrate_batchnorm
+from dr.cell import DownTransform
 from dr.gate import SoftConditionalGate
 from dr.gate_fast import FastSoftConditionalGate
-from dr.model import DynamicRoutingNet
+from dr.model import MEMORY_FORMAT, DynamicRoutingNet
 from dr.routes import named_route
+from dr.skipping import put_rows, select_rows
 from dr.space import Node
 
 
@@ -257,3 +259,62 @@ def test_gradients_reach_every_gate_parameter():
     grads_budget = torch.autograd.grad(loss_c, [p for _, p in gate_params], allow_unused=True)
     for (name, _), g in zip(gate_params, grads_budget):
         assert g is not None and g.abs().sum() > 0, f"budget loss gives no gradient to {name}"
+
+
+# ---------------------------------------------------------------------- the channels-last layout
+@pytest.mark.parametrize("shape", [(3, 8, 16, 16), (2, 8, 15, 17)])  # the first corrupted memory with stride 2
+def test_down_transform_is_the_stride_2_convolution(two_threads, shape):
+    """T_{s->s/2} (ReLU, conv1x1 stride 2, BN, ReLU), computed as a stride-1 convolution of the even
+    pixels, against the stride-2 convolution written out on NCHW tensors: values and gradients."""
+    torch.manual_seed(0)
+    down = DownTransform(shape[1]).to(memory_format=MEMORY_FORMAT).train()
+    conv, bn = down.proj[0], down.proj[1]
+    h = torch.randn(shape).contiguous(memory_format=MEMORY_FORMAT).requires_grad_()
+    h_ref = h.detach().contiguous().requires_grad_()
+    weight = conv.weight.detach().clone(memory_format=torch.contiguous_format).requires_grad_()  # NCHW strides
+    y = down(h)
+    z = torch.nn.functional.conv2d(torch.relu(h_ref), weight, stride=2)
+    mean, var = z.mean(dim=(0, 2, 3), keepdim=True), z.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    y_ref = torch.relu(
+        (z - mean) / torch.sqrt(var + bn.eps) * bn.weight.detach()[:, None, None] + bn.bias.detach()[:, None, None]
+    )
+    assert y.shape == (shape[0], 2 * shape[1], (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    seed = torch.randn(y.shape)
+    (y * seed).sum().backward()
+    (y_ref * seed).sum().backward()
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, weight.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_rows_are_selected_and_added_as_index_select_and_index_add_do_in_the_tensors_layout(layout):
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, 4, 3).contiguous(memory_format=layout)
+    rows = torch.tensor([4, 1, 3])
+    picked = select_rows(x, rows)
+    assert torch.equal(picked, x[[4, 1, 3]]) and picked.is_contiguous(memory_format=layout)
+    buffer = torch.randn(6, 5, 4, 3).contiguous(memory_format=layout)
+    expected = buffer.clone().index_add_(0, rows, picked)
+    out = put_rows(buffer, picked, rows, 6)
+    assert out is buffer and torch.equal(out, expected)  # in place
+    fresh = put_rows(None, picked, rows, 6)
+    assert torch.equal(fresh, torch.zeros(6, 5, 4, 3).index_add_(0, rows, picked))
+    assert fresh.is_contiguous(memory_format=layout)
+
+
+def test_every_convolution_of_a_mixed_batch_runs_channels_last(images):
+    """No piece of the skipping forward hands a convolution an NCHW tensor (which it would reorder)."""
+    model = make_model(images, keep_open=False)
+    layouts = []
+
+    def record(module, args):
+        layouts.append(args[0].is_contiguous(memory_format=MEMORY_FORMAT))
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    names = ["fcn32s", "unet", "hrnetv2", "full"]
+    with torch.no_grad():
+        model(images, route=[named_route(n, model.space) for n in names], mode="skip")
+    for handle in handles:
+        handle.remove()
+    assert len(layouts) > 20 and all(layouts), f"{layouts.count(False)} of {len(layouts)} convolutions got NCHW"
