@@ -175,6 +175,10 @@ def cmd_bench(args) -> int:
         f"  cost_ratio {result['cost_ratio']:.3f}  latency_ratio {result['latency_ratio']:.3f}  "
         f"latency_masked_ratio {result['latency_masked_ratio']:.3f}"
     )
+    print(
+        f"  NCHW layout   {result['all_open_nchw_ms']:9.1f} ms all open ({result['nchw_over_channels_last']:.2f}x the "
+        f"channels-last time), {result['route_nchw_ms']:.1f} ms route: latency_ratio {result['latency_ratio_nchw']:.3f}"
+    )
     if "mixed_ms" in result:
         routes = ", ".join(dict.fromkeys(result["mixed_routes"]))
         print(
@@ -209,6 +213,7 @@ def cmd_bench_train(args) -> int:
         "raw_small_gate": "Dynamic-Raw, small gate",
         "raw_small_gate_plain": "the same, plain dr.gate",
         "raw": "Dynamic-Raw, full-res gate",
+        "fix_nchw": "Network-Fix, NCHW layout",
     }
     for key, label in rows.items():
         ratio = "" if key == "fix" else f"ratio {result[f'{key}_over_fix']:.3f}  "

@@ -212,12 +212,21 @@ class DynamicRoutingNet(nn.Module):
     closed paths get alpha = 0. ``mode``: ``soft`` (training default), ``masked`` (the same dense
     computation at inference, as the authors' code runs it) or ``skip`` (eval default, Eq. 5-6).
     ``step_rate`` (iteration / total) drives Scheduled Drop Path when ``drop_prob > 0``.
-    ``fast_gate`` picks :mod:`dr.gate_fast`'s gate (same parameters as :mod:`dr.gate`'s).
+    ``fast_gate`` picks :mod:`dr.gate_fast`'s gate (same parameters as :mod:`dr.gate`'s);
+    ``memory_format`` the layout of weights and features (:data:`MEMORY_FORMAT`, channels last).
     """
 
-    def __init__(self, config: ModelConfig, *, drop_prob: float = 0.0, fast_gate: bool = True):
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        drop_prob: float = 0.0,
+        fast_gate: bool = True,
+        memory_format: torch.memory_format = MEMORY_FORMAT,
+    ):
         super().__init__()
         self.config = config
+        self.memory_format = memory_format  # torch.contiguous_format: NCHW, for the benchmarks' comparison
         self.space = RoutingSpace(config.depth)
         self.drop_prob = drop_prob
         self.stem = Stem(config.stem_channels, config.width)
@@ -232,7 +241,7 @@ class DynamicRoutingNet(nn.Module):
         self.decoder = NaiveDecoder(config.width, config.num_classes)
         self._cost_models: dict[tuple[int, int], CostModel] = {}
         self.reset_parameters()
-        self.to(memory_format=MEMORY_FORMAT)  # after the init, so the same seed gives the same weights
+        self.to(memory_format=memory_format)  # after the init, so the same seed gives the same weights
 
     def reset_parameters(self) -> None:
         """Kaiming normal (fan_in) for every convolution, then each gate's own init (beta = 1.5)."""
@@ -316,7 +325,7 @@ class DynamicRoutingNet(nn.Module):
             if (padded_h, padded_w) != (height, width)
             else images
         )
-        x = x.contiguous(memory_format=MEMORY_FORMAT)
+        x = x.contiguous(memory_format=self.memory_format)
         return self.stem(x), route_masks(self.space, route, len(images), images.device)
 
     def end(self, images: torch.Tensor, features: list, gates: dict, active: dict) -> RoutingOutput:
@@ -330,7 +339,7 @@ class DynamicRoutingNet(nn.Module):
             if f is not None
             else images.new_zeros(
                 len(images), channels(self.config.width, s), stem_h // 2**s, stem_w // 2**s
-            ).contiguous(memory_format=MEMORY_FORMAT)
+            ).contiguous(memory_format=self.memory_format)
             for s, f in enumerate(features)
         ]
         logits = self.decoder(features)[..., :height, :width]

@@ -318,3 +318,25 @@ def test_every_convolution_of_a_mixed_batch_runs_channels_last(images):
     for handle in handles:
         handle.remove()
     assert len(layouts) > 20 and all(layouts), f"{layouts.count(False)} of {len(layouts)} convolutions got NCHW"
+
+
+def test_the_layout_changes_no_result(images):
+    """The same seed gives the same weights in either layout, and the same logits and gradients."""
+    models = {}
+    for layout in (torch.channels_last, torch.contiguous_format):
+        torch.manual_seed(3)
+        models[layout] = DynamicRoutingNet(small_config(), memory_format=layout).train()
+    cl, nchw = models[torch.channels_last], models[torch.contiguous_format]
+    assert all(torch.equal(a, b) for a, b in zip(cl.state_dict().values(), nchw.state_dict().values()))
+    assert cl.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.stem[0][0].weight.is_contiguous()
+    outs = [m(images) for m in (cl, nchw)]
+    assert_same_output(outs[0].logits.detach(), outs[1].logits.detach())
+    for out in outs:
+        out.logits.square().mean().backward()
+    for a, b in zip(cl.parameters(), nchw.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+    routes = [named_route(n, cl.space) for n in ["fcn32s", "unet", "hrnetv2", "full"]]
+    with torch.no_grad():
+        skipped = [m.eval()(images, route=routes, mode="skip").logits for m in (cl, nchw)]
+    assert_same_output(skipped[0], skipped[1])

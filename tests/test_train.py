@@ -360,7 +360,7 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
         run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--json") == 0
     )
     result = json.loads(capsys.readouterr().out)
-    for name in ("fix", "raw_small_gate", "raw_small_gate_plain", "raw", "data"):
+    for name in ("fix", "raw_small_gate", "raw_small_gate_plain", "raw", "fix_nchw", "data"):
         assert result[f"{name}_ms"] > 0
     assert result["raw_small_gate_over_fix"] == pytest.approx(result["raw_small_gate_ms"] / result["fix_ms"])
     assert result["fix_images_per_s"] == pytest.approx(2 / (result["fix_ms"] / 1000)) and result["device"] == "cpu"
@@ -371,7 +371,8 @@ def test_bench_train_prints_every_variant_with_its_throughput(capsys):
     assert run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "1") == 0
     out = capsys.readouterr().out
     assert "CPU, " in out.splitlines()[0]
-    for label in ("Network-Fix", "Dynamic-Raw, small gate", "the same, plain dr.gate", "Dynamic-Raw, full-res gate"):
+    labels = ("Network-Fix", "Dynamic-Raw, small gate", "the same, plain dr.gate", "Dynamic-Raw, full-res gate")
+    for label in (*labels, "Network-Fix, NCHW layout"):
         line = next(line for line in out.splitlines() if label in line)
         assert line.rstrip().endswith("images/s"), line
 

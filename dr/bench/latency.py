@@ -84,6 +84,8 @@ def benchmark(
     - ``all_open``: every path of every image executed (skipping inference with every gate open);
     - ``route``: every image on the route ``route_name``, real skipping;
     - ``masked``: the same route computed densely and multiplied by zero (the authors' execution);
+    - ``all_open_nchw`` and ``route_nchw``: the first two with the same weights in the NCHW layout
+      (``nchw_over_channels_last``: what :data:`dr.model.MEMORY_FORMAT` saves);
     - with ``batch > 1``, ``mixed``: each image on its own route (``route_name``, then the other classic
       routes and the full space, in turn), batched skipping; and ``one_by_one``: the same images and
       routes one image at a time.
@@ -109,10 +111,15 @@ def benchmark(
     # on the CPU a batch runs in chunks of at most CHUNK_PIXELS input pixels, as evaluation runs it
     # (one image per call from 512x1024 up); CUDA has no reason to split it
     chunk = None if device.type == "cuda" else CHUNK_PIXELS
+    # the same weights in the NCHW layout: what the channels-last layout saves, and the route's ratio there
+    nchw = DynamicRoutingNet(model.config, memory_format=torch.contiguous_format).to(device).eval()
+    nchw.load_state_dict(model.state_dict())
     runs = {
         "all_open": lambda: forward_in_chunks(model, images, mode="skip", max_pixels=chunk),
         "route": lambda: forward_in_chunks(model, images, route=route, mode="skip", max_pixels=chunk),
         "masked": lambda: forward_in_chunks(model, images, route=route, mode="masked", max_pixels=chunk),
+        "all_open_nchw": lambda: forward_in_chunks(nchw, images, mode="skip", max_pixels=chunk),
+        "route_nchw": lambda: forward_in_chunks(nchw, images, route=route, mode="skip", max_pixels=chunk),
     }
     if batch > 1:
         runs["mixed"] = lambda: forward_in_chunks(model, images, route=mixed, mode="skip", max_pixels=chunk)
@@ -150,6 +157,11 @@ def benchmark(
         "latency_ratio": ms["route"] / ms["all_open"],
         "latency_masked_ratio": ms["masked"] / ms["all_open"],
         "max_abs_diff_skip_vs_masked": float((outputs["route"].logits - outputs["masked"].logits).abs().max()),
+        "all_open_nchw_ms": ms["all_open_nchw"],
+        "route_nchw_ms": ms["route_nchw"],
+        "nchw_over_channels_last": ms["all_open_nchw"] / ms["all_open"],
+        "latency_ratio_nchw": ms["route_nchw"] / ms["all_open_nchw"],
+        "max_abs_diff_nchw": float((outputs["route"].logits - outputs["route_nchw"].logits).abs().max()),
     }
     if batch > 1:
         result |= {

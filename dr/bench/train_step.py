@@ -11,14 +11,15 @@ from torch.utils.data import default_collate
 from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
 from dr.data.synthetic import IMAGE_SIZE, SyntheticShapes
-from dr.model import DynamicRoutingNet
+from dr.model import MEMORY_FORMAT, DynamicRoutingNet
 
-#: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate)
+#: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate, layout)
 TRAIN_VARIANTS = {
-    "fix": (dict(activation="fix"), True),  # Network-Fix: no gates
-    "raw_small_gate": (dict(small_gate=True), True),  # Dynamic-Raw, gates on 4x down-sampled features
-    "raw_small_gate_plain": (dict(small_gate=True), False),  # the same with dr.gate's plain gate (what it saves)
-    "raw": (dict(), True),  # Dynamic-Raw with full-resolution gates
+    "fix": (dict(activation="fix"), True, MEMORY_FORMAT),  # Network-Fix: no gates
+    "raw_small_gate": (dict(small_gate=True), True, MEMORY_FORMAT),  # Dynamic-Raw, gates on 4x down-sampled features
+    "raw_small_gate_plain": (dict(small_gate=True), False, MEMORY_FORMAT),  # with dr.gate's plain gate (what it saves)
+    "raw": (dict(), True, MEMORY_FORMAT),  # Dynamic-Raw with full-resolution gates
+    "fix_nchw": (dict(activation="fix"), True, torch.contiguous_format),  # Network-Fix in NCHW (what the layout saves)
 }
 
 
@@ -49,8 +50,9 @@ def train_step_benchmark(
     images = torch.randn(batch, 3, height, width).to(device)
     labels = torch.randint(0, config.num_classes, (batch, height, width)).to(device)
     runs = {}
-    for name, (overrides, fast_gate) in TRAIN_VARIANTS.items():
-        model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate).to(device).train()
+    for name, (overrides, fast_gate, layout) in TRAIN_VARIANTS.items():
+        model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate, memory_format=layout)
+        model = model.to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         runs[name] = (model, optimizer)
 
