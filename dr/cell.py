@@ -87,7 +87,7 @@ class DownTransform(nn.Module):
     convolution of stride 1 on those pixels: the same function and parameters, but not the kernel
     of stride 2, whose backward pass on channels-last tensors corrupts memory in torch 2.14's CPU
     build with two threads (``free(): invalid next size``, e.g. 8 channels, a batch of 3 at 16x16;
-    ``tests/test_cell.py`` runs that case)."""
+    ``tests/test_model_reference.py`` runs that case)."""
 
     def __init__(self, channels: int):
         super().__init__()

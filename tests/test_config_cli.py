@@ -130,4 +130,3 @@ def test_cli_bench_tiny_reports_ratios():
     assert bench["max_abs_diff_mixed_vs_one_by_one"] < 1e-4
     assert bench["device"] == "cpu" and bench["images_per_call"] == 2  # 2 x 64 x 64 pixels: one chunk
     assert bench["max_abs_diff_nchw"] < 1e-4  # the same weights in NCHW: the same logits
-    assert bench["nchw_over_channels_last"] == pytest.approx(bench["all_open_nchw_ms"] / bench["all_open_ms"])

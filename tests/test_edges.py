@@ -395,6 +395,7 @@ class Trip:  # one Ctrl-C at the moment torch's C code is importing numpy, where
     def find_spec(self, name, path=None, target=None):
         if name == "numpy._core._add_newdocs" and not Trip.tripped:
             Trip.tripped = True
+            sys.stderr.write("tripped\\n")
             os.kill(os.getpid(), signal.SIGINT)
         return None
 
@@ -417,6 +418,7 @@ def test_sigint_while_torch_imports_numpy_stops_the_command(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert "tripped" in proc.stderr, "the hook never sent Ctrl-C (numpy's modules renamed?)"
     assert "before the command started" in proc.stderr and not out.exists()
 
 
