@@ -24,6 +24,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from dr.data.base import IGNORE_INDEX, MEAN, STD
 from dr.routes import reachable_nodes
@@ -607,39 +609,48 @@ def plot_scale_usage(usage: Mapping[str, Mapping[str, Sequence[float]]], *, titl
 
 
 def place_labels(ax, points: Sequence[tuple[float, float]], labels: Sequence[str], *, fontsize: float = 7) -> None:
-    """Annotate each point with its label where it overlaps no label placed before and no point
-    (tried in turn: right above, right below, left above, left below, above, below, farther out)."""
+    """Annotate each point with its label where it overlaps no label placed before and no marker:
+    next to the point first (right above, right below, left above, left below, above, below), then
+    farther out with a thin line to its point, so that in a crowded cluster every label still
+    names one marker unambiguously."""
     fig = ax.figure
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw_without_rendering()  # settle the layout, so display coordinates are final
-    markers = [ax.transData.transform(p) for p in points]
+    markers = [Bbox.from_bounds(x - 4, y - 4, 8, 8) for x, y in (ax.transData.transform(p) for p in points)]
     taken = []
-    offsets = [(5, 3), (5, -11), (-5, 3), (-5, -11), (0, 7), (0, -15), (12, -4), (-12, -4), (5, 14), (-5, -22)]
+    near = [(5, 3), (5, -11), (-5, 3), (-5, -11), (0, 7), (0, -15)]
+    far = [(d * dx, dy) for dy in (-26, 18, -40, 30, -54) for dx in (16, 34, 52) for d in (1, -1)]
+    inside = ax.get_window_extent(renderer)  # labels stay within the axes, clear of the title
+
+    def text_box(note):  # the text alone, not its line (an annotation's extent includes the line)
+        note.update_positions(renderer)
+        return Text.get_window_extent(note, renderer)
+
+    def annotate(point, text, dx, dy):
+        return ax.annotate(
+            text,
+            point,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=fontsize,
+            ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            arrowprops=None if (dx, dy) in near else dict(arrowstyle="-", color="#999999", lw=0.5, shrinkB=3),
+        )
+
     for point, text in zip(points, labels):
-        for dx, dy in offsets:
-            note = ax.annotate(
-                text,
-                point,
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=fontsize,
-                ha="left" if dx > 0 else "right" if dx < 0 else "center",
-            )
-            box = note.get_window_extent(renderer).expanded(1.05, 1.15)
-            if not any(box.overlaps(b) for b in taken) and not any(box.contains(*m) for m in markers):
+        for dx, dy in near + far:
+            note = annotate(point, text, dx, dy)
+            box = text_box(note).expanded(1.05, 1.15)
+            if (
+                inside.contains(box.x0, box.y0)
+                and inside.contains(box.x1, box.y1)
+                and not any(box.overlaps(b) for b in taken + markers)
+            ):
                 taken.append(box)
                 break
             note.remove()
-        else:  # nowhere free: the first place, with a line to its point
-            note = ax.annotate(
-                text,
-                point,
-                xytext=(14, 14),
-                textcoords="offset points",
-                fontsize=fontsize,
-                arrowprops=dict(arrowstyle="-", color="#999999", lw=0.5),
-            )
-            taken.append(note.get_window_extent(renderer))
+        else:  # nowhere free: the first far place, with its line
+            taken.append(text_box(annotate(point, text, *far[0])))
 
 
 def plot_miou_vs_cost(points: Sequence[Mapping]) -> Figure:
