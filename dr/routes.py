@@ -81,10 +81,21 @@ def route_masks(space: RoutingSpace, route, batch: int, device=None) -> dict[Nod
     routes = list(route) if isinstance(route, (list, tuple)) else [route] * batch
     if len(routes) != batch:
         raise ValueError(f"got {len(routes)} per-image routes for a batch of {batch}")
-    return {
-        node: torch.tensor([[float(p in r.paths) for p in space.paths_out(node)] for r in routes], device=device)
-        for node in space.nodes
-    }
+    # one row of 0/1 over all the space's paths per distinct route (a batch often repeats a few routes),
+    # one row per image taken from it, and each node's columns cut out of that
+    distinct: dict[Route, int] = {}
+    image_rows = [distinct.setdefault(r, len(distinct)) for r in routes]
+    table = torch.zeros(len(distinct), len(space.paths))
+    columns = space.path_columns
+    for r, i in distinct.items():
+        table[i, [columns[p] for p in r.paths if p in columns]] = 1.0  # paths outside the space open nothing
+    per_image = table[torch.tensor(image_rows)].to(device)  # (B, all paths)
+    masks, start = {}, 0
+    for node in space.nodes:
+        end = start + len(space.paths_out(node))
+        masks[node] = per_image[:, start:end].contiguous()  # (B, P), paths in gate order
+        start = end
+    return masks
 
 
 def reachable_nodes(space: RoutingSpace, paths) -> set[Node]:

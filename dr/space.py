@@ -74,6 +74,7 @@ class RoutingSpace:
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth L must be an integer >= 1, got {depth!r}")
         self.depth = depth
+        self._paths_out: dict[Node, tuple[Path, ...]] = {}  # a forward asks for them per node, many times
 
     @property
     def num_layers(self) -> int:
@@ -109,7 +110,10 @@ class RoutingSpace:
         return tuple(out)
 
     def paths_out(self, node: Node) -> tuple[Path, ...]:
-        return tuple(Path(node.layer, node.scale, d) for d in self.directions(node))
+        paths = self._paths_out.get(node)
+        if paths is None:
+            paths = self._paths_out[node] = tuple(Path(node.layer, node.scale, d) for d in self.directions(node))
+        return paths
 
     def paths_in(self, node: Node) -> tuple[Path, ...]:
         """Paths from layer l-1 that arrive at ``node`` (X_s = Y_{s/2->s} + Y_{s->s} + Y_{2s->s})."""
@@ -125,7 +129,13 @@ class RoutingSpace:
 
     @cached_property
     def paths(self) -> tuple[Path, ...]:
+        """Every path, node by node (in :attr:`nodes` order), each node's in gate order."""
         return tuple(p for n in self.nodes for p in self.paths_out(n))
+
+    @cached_property
+    def path_columns(self) -> dict[Path, int]:
+        """Each path's position in :attr:`paths` (a node's paths are consecutive there)."""
+        return {p: i for i, p in enumerate(self.paths)}
 
     def target(self, path: Path) -> Node | None:
         """The node a path arrives at, or ``None`` for a last-layer keep path (to the decoder)."""

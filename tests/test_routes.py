@@ -18,6 +18,7 @@ from dr.routes import (
     common_route,
     named_route,
     reachable_nodes,
+    route_masks,
     thread_paths,
 )
 from dr.space import Path, RoutingSpace
@@ -80,6 +81,24 @@ def test_classic_routes_are_cheaper_than_the_full_space():
     assert [p for p in fcn.paths if p.layer == 16] == [Path(16, 3, "keep")], "FCN-32s predicts from 1/32 only"
     hr = named_route("hrnetv2", space)
     assert {p.scale for p in hr.paths if p.layer == 16} == {0, 1, 2, 3}, "HRNetV2 fuses every scale"
+
+
+def test_route_masks_match_each_path_looked_up_in_each_images_route():
+    space = RoutingSpace(8)
+    outside = Route("outside", frozenset({Path(0, 0, "keep"), Path(40, 0, "keep")}))  # a path of a deeper space
+    routes = [named_route(n, space) for n in ("fcn32s", "unet", "fcn32s", "hrnetv2")]
+    routes += [Route("empty", frozenset()), outside, routes[1]]
+    masks = route_masks(space, routes, len(routes))
+    assert list(masks) == list(space.nodes)
+    for node in space.nodes:
+        naive = [[1.0 if p in r.paths else 0.0 for p in space.paths_out(node)] for r in routes]
+        assert masks[node].tolist() == naive, node
+        assert masks[node].is_contiguous() and masks[node].dtype == torch.float32
+    one = route_masks(space, routes[1], 3)  # one route for the whole batch
+    assert all(one[n].tolist() == [masks[n][1].tolist()] * 3 for n in space.nodes)
+    assert route_masks(space, None, 3) is None
+    with pytest.raises(ValueError, match="got 7 per-image routes for a batch of 2"):
+        route_masks(space, routes, 2)
 
 
 def test_thread_validation_and_unknown_route():
