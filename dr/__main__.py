@@ -3,6 +3,8 @@
 import signal
 import sys
 
+from dr.allocator import keep_freed_memory
+
 STARTING = "error: interrupted before the command started; nothing was changed"
 
 
@@ -30,6 +32,7 @@ def _import_main():
 
 def run() -> int:
     """The command line, as `python -m dr` and the `dr` script run it; returns the exit status."""
+    keep_freed_memory()  # before torch allocates anything (dr.allocator)
     try:
         main = _import_main()
         if main is not None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dr.allocator import keep_freed_memory
 from dr.data.base import IGNORE_INDEX
 from dr.model import RoutingOutput
 from dr.routes import RouteError
@@ -114,7 +115,9 @@ def evaluate(
     Images of different sizes are evaluated one at a time. Costs and routes come from the plain
     single-scale pass; test-time augmentation only changes the prediction.
     ``predictions_hook(sample_names, predicted)`` is called with each batch's class maps.
+    Freed memory stays in the process (:func:`dr.allocator.keep_freed_memory`).
     """
+    keep_freed_memory()
     model.eval()
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
+from dr.allocator import keep_freed_memory
 from dr.budget import BUDGETS, Budget, BudgetLoss, SparsityBudgetLoss
 from dr.data import build_dataset, dataset_info
 from dr.data.base import IGNORE_INDEX
@@ -331,8 +332,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     that cannot be written :class:`OutputError`, each saying which checkpoint is kept.
 
     Under torchrun every process calls this; process 0 holds the folder and returns the metrics,
-    the others return ``None`` (:mod:`dr.training.distributed`)."""
+    the others return ``None`` (:mod:`dr.training.distributed`). Freed memory stays in the process
+    (:func:`dr.allocator.keep_freed_memory`)."""
     check_config(cfg)
+    keep_freed_memory()
     out = Path(out)
     with join(cfg.device) as world:  # this process alone, or one of the processes torchrun started
         world.check_batch(cfg.batch)
