@@ -6,9 +6,9 @@ heap once more than the *trim threshold* is free there. Both thresholds move wit
 (up to 32 MiB and 64 MiB), and a forward that allocates and frees a few feature maps of several
 MiB each keeps crossing them: the next tensor of the same size gets fresh pages, and the kernel
 faults in and zeroes every 4 KiB page of it again. On the 2-core machine this project is measured on
-(torch 2.14), a 1x1 convolution and its BatchNorm on 32 x 16 x 64 x 64 features took 7.95 ms,
-4064 page faults per call, where the same work on reused memory took 1.56 ms and none; the
-``tiny`` stem on a batch of 32 took 20.7 ms against 3.5 ms.
+(torch 2.14), a 1x1 convolution and its BatchNorm on 32 x 16 x 64 x 64 features took 6.4-8.0 ms,
+4064 page faults per call, where the same work on reused memory took 1.0-1.8 ms and none (four
+runs, alternating).
 
 :func:`keep_freed_memory` fixes both thresholds: blocks up to 32 MiB (glibc's largest threshold on
 64-bit) come from the heap, and up to 1 GiB of freed memory stays in it, so the next forward reuses
