@@ -32,8 +32,8 @@ def _import_main():
 
 def run() -> int:
     """The command line, as `python -m dr` and the `dr` script run it; returns the exit status."""
-    keep_freed_memory()  # before torch allocates anything (dr.allocator)
     try:
+        keep_freed_memory()  # before torch allocates anything (dr.allocator)
         main = _import_main()
         if main is not None:
             return main()

@@ -12,19 +12,20 @@ runs, alternating).
 
 :func:`keep_freed_memory` fixes both thresholds: blocks up to 32 MiB (glibc's largest threshold on
 64-bit) come from the heap, and up to 1 GiB of freed memory stays in it, so the next forward reuses
-pages the process already has. The price is that the process keeps its peak memory (up to 1 GiB
-more than it uses at a time). PyTorch's performance guide reaches the same end by loading another
+pages the process already has. The price is that each process keeps its peak memory (up to 1 GiB
+more than it uses at a time, per process: every torchrun process and every data-loading worker
+forked after it is set). PyTorch's performance guide reaches the same end by loading another
 allocator (jemalloc or TCMalloc) before the program starts; this needs nothing installed.
 
-``dr``'s command line calls it before anything else, and :func:`dr.training.train.train` and
-:func:`dr.training.evaluate.evaluate` call it for notebooks. ``DR_KEEP_FREED_MEMORY=0`` in the
+``dr``'s command line calls it before anything else, and :func:`dr.training.train.train`,
+:func:`dr.training.evaluate.evaluate` and the benchmarks (:mod:`dr.bench`) call it for notebooks
+and other Python callers. It holds for the rest of the process. ``DR_KEEP_FREED_MEMORY=0`` in the
 environment turns it off (to compare, or where memory is tight). Where the C library is not glibc
 (macOS, Windows, musl) nothing changes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -55,8 +56,10 @@ def _apply() -> bool:
     if os.environ.get(SWITCH, "1").strip() == "0" or not sys.platform.startswith("linux"):
         return False
     try:
+        import ctypes
+
         libc = ctypes.CDLL(None)  # the C library this process already runs on
-    except OSError:
+    except (ImportError, OSError):  # a Python built without ctypes, or no C library to open
         return False
     if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl's mallopt does nothing
         return False
@@ -64,4 +67,6 @@ def _apply() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; setting either threshold also stops glibc from moving them
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    trim_set = bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return mmap_set and trim_set

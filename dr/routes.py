@@ -83,19 +83,28 @@ def route_masks(space: RoutingSpace, route, batch: int, device=None) -> dict[Nod
         raise ValueError(f"got {len(routes)} per-image routes for a batch of {batch}")
     # one row of 0/1 over all the space's paths per distinct route (a batch often repeats a few routes),
     # one row per image taken from it, and each node's columns cut out of that
-    distinct: dict[Route, int] = {}
-    image_rows = [distinct.setdefault(r, len(distinct)) for r in routes]
+    distinct: dict = {}  # route (or its id, if it cannot be hashed) -> (row, route)
+    image_rows = [distinct.setdefault(_route_key(r), (len(distinct), r))[0] for r in routes]
     table = torch.zeros(len(distinct), len(space.paths))
     columns = space.path_columns
-    for r, i in distinct.items():
+    for i, r in distinct.values():
         table[i, [columns[p] for p in r.paths if p in columns]] = 1.0  # paths outside the space open nothing
-    per_image = table[torch.tensor(image_rows)].to(device)  # (B, all paths)
+    per_image = table[torch.tensor(image_rows, dtype=torch.long)].to(device)  # (B, all paths)
     masks, start = {}, 0
     for node in space.nodes:
         end = start + len(space.paths_out(node))
         masks[node] = per_image[:, start:end].contiguous()  # (B, P), paths in gate order
         start = end
     return masks
+
+
+def _route_key(route):
+    """``route`` itself where it can be hashed (equal routes share a row), else its identity."""
+    try:
+        hash(route)
+    except TypeError:  # e.g. a Route built by hand with a set of paths
+        return id(route)
+    return route
 
 
 def reachable_nodes(space: RoutingSpace, paths) -> set[Node]:

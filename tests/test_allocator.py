@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -13,8 +14,10 @@ import dr.__main__
 from dr import allocator
 
 glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only"
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
+#: what would change malloc under the probe: another allocator preloaded, glibc's own settings
+FOREIGN = ("LD_PRELOAD", "GLIBC_TUNABLES", allocator.SWITCH)
 
 # a 1x1 convolution and its BatchNorm on 32 x 16 x 64 x 64 features (the tiny stem's second block at
 # batch 32): 8 MiB per output, 2048 pages of 4 KiB; page faults per call over 10 calls after 3
@@ -46,7 +49,7 @@ print(json.dumps({"applied": applied, "faults_per_call": (faults() - start) / 10
 
 
 def probe(switch: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != allocator.SWITCH}
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("MALLOC_")}
     if switch is not None:
         env[allocator.SWITCH] = switch
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
@@ -61,7 +64,8 @@ def test_kept_memory_is_reused_without_page_faults():
     pages = 32 * 16 * 64 * 64 * 4 / 4096  # of one output
     # glibc's moving thresholds hand the outputs' pages back and fault them in again at every call
     # (4064 per call where this was written); kept, they are reused (0 per call there)
-    assert returned["faults_per_call"] > 0.5 * pages, returned
+    if returned["faults_per_call"] < 0.5 * pages:  # e.g. transparent huge pages always on: few, large faults
+        pytest.skip(f"this host faults {returned['faults_per_call']:.0f} pages per call without it: nothing to compare")
     assert kept["faults_per_call"] < 0.05 * pages, kept
     assert kept["sum"] == returned["sum"]  # the same computation
 

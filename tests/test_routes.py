@@ -87,7 +87,8 @@ def test_route_masks_match_each_path_looked_up_in_each_images_route():
     space = RoutingSpace(8)
     outside = Route("outside", frozenset({Path(0, 0, "keep"), Path(40, 0, "keep")}))  # a path of a deeper space
     routes = [named_route(n, space) for n in ("fcn32s", "unet", "fcn32s", "hrnetv2")]
-    routes += [Route("empty", frozenset()), outside, routes[1]]
+    by_hand = Route("by hand", {Path(0, 0, "down"), Path(1, 1, "keep")})  # a set: cannot be hashed
+    routes += [Route("empty", frozenset()), outside, routes[1], by_hand]
     masks = route_masks(space, routes, len(routes))
     assert list(masks) == list(space.nodes)
     for node in space.nodes:
@@ -97,7 +98,7 @@ def test_route_masks_match_each_path_looked_up_in_each_images_route():
     one = route_masks(space, routes[1], 3)  # one route for the whole batch
     assert all(one[n].tolist() == [masks[n][1].tolist()] * 3 for n in space.nodes)
     assert route_masks(space, None, 3) is None
-    with pytest.raises(ValueError, match="got 7 per-image routes for a batch of 2"):
+    with pytest.raises(ValueError, match="got 8 per-image routes for a batch of 2"):
         route_masks(space, routes, 2)
 
 

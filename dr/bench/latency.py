@@ -24,6 +24,7 @@ import time
 import torch
 from torch import nn
 
+from dr.allocator import keep_freed_memory
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet, RoutingOutput
 from dr.routes import CLASSIC_ROUTES, named_route
@@ -92,7 +93,9 @@ def benchmark(
 
     Returns a JSON-able dict: the medians, each cost ratio (real FLOPs against all-open) next to its
     latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), and the
-    largest differences between the executions' logits (they compute the same function)."""
+    largest differences between the executions' logits (they compute the same function). Freed
+    memory stays in the process (:func:`dr.allocator.keep_freed_memory`), as on the command line."""
+    keep_freed_memory()
     device = torch.device(device)
     torch.manual_seed(seed)
     model = DynamicRoutingNet(config.replace(gate_init="small")).to(device)  # every gate open: routes decide

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from dr.allocator import keep_freed_memory
 from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
 from dr.data.synthetic import IMAGE_SIZE, SyntheticShapes
@@ -43,8 +44,10 @@ def train_step_benchmark(
     :mod:`dr.gate`'s plain gate, which the model's fast gate replaces). The loss includes the
     expected cost (as the budget loss would) so the gated variants pay for its graph too.
     ``data_ms`` is the time to generate one batch of the embedded data (128 x 128, augmented), as
-    the training loop loads it.
+    the training loop loads it. Freed memory stays in the process
+    (:func:`dr.allocator.keep_freed_memory`), as on the command line.
     """
+    keep_freed_memory()
     device = torch.device(device)
     torch.manual_seed(seed)
     images = torch.randn(batch, 3, height, width).to(device)
