@@ -132,7 +132,10 @@ def _bench_setup(args):
 
 def _where(result: dict) -> str:
     """Where a benchmark ran, for its printed header: the CUDA device, or the CPU and its threads."""
-    return result["device"] if result["device"].startswith("cuda") else f"CPU, {result['threads']} threads"
+    if result["device"].startswith("cuda"):
+        return result["device"]
+    kept = "" if result.get("kept_freed_memory", True) else ", freed memory not kept: see dr.allocator"
+    return f"CPU, {result['threads']} threads{kept}"
 
 
 def _printed_json(result: dict, args) -> bool:

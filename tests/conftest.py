@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from dr.allocator import keep_freed_memory
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet
+
+# as every command and train()/evaluate() run: set once for the whole session, so that which test
+# runs first does not decide it (tests/test_allocator.py probes both settings in fresh processes)
+keep_freed_memory()
 
 # the test-tree generators live with the data scripts (data_scripts/fixture_trees.py), outside the package
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data_scripts"))

@@ -148,6 +148,7 @@ def benchmark(
         "batch": batch,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
+        "kept_freed_memory": keep_freed_memory(),  # dr.allocator: False where it is off or not glibc
         "device": str(device),
         "images_per_call": images_per_chunk(batch, height, width, chunk),
         "gflops_all_open": cost["all_open"] / 1e9,
@@ -192,6 +193,7 @@ def trained_latency(
     model in turn, ``rounds`` times): median ms per image and mean real GFLOPs, each also as a
     ratio to ``baseline``. Every gated model also runs ``masked`` (every path computed and
     multiplied by zero, as the authors' code runs), whose cost is the all-open network's."""
+    keep_freed_memory()  # as on the command line (dr.allocator)
     calls = {}
     for name, model in models.items():
         model.eval()
@@ -215,7 +217,7 @@ def trained_latency(
                         else model.cost_model(*x.shape[-2:]).all_open.flops / 1e9
                     )
     base_ms, base_gflops = median_ms(times[baseline]), statistics.fmean(cost[baseline])
-    result = {"threads": torch.get_num_threads(), "models": {}}
+    result = {"threads": torch.get_num_threads(), "kept_freed_memory": keep_freed_memory(), "models": {}}
     for key in calls:
         ms, gflops = median_ms(times[key]), statistics.fmean(cost[key])
         result["models"][key] = {

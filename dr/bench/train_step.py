@@ -99,6 +99,7 @@ def train_step_benchmark(
         "batch": batch,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
+        "kept_freed_memory": keep_freed_memory(),  # dr.allocator: False where it is off or not glibc
         "device": str(device),
     }
     for name in samples:
