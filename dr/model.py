@@ -198,8 +198,8 @@ class RoutingOutput:
 #: The memory layout of the network's weights and features: channels last, (B, H, W, C) in memory.
 #: On the CPU, oneDNN's convolutions reorder an NCHW tensor at every call; channels last they run
 #: directly, and a whole forward is faster (measured with torch 2.14 on the 2-core machine, in one
-#: process, ``bench``'s NCHW rows: Layer16 at 512x1024, batch 1, all paths open, NCHW 1.27-1.51x as
-#: long; a tiny training step of Network-Fix, batch 8, 1.12x in one ``bench-train`` run).
+#: process, ``bench``'s NCHW rows: Layer16 at 512x1024, batch 1, all paths open, NCHW 1.23-1.51x as
+#: long across runs on two days; a tiny training step of Network-Fix, batch 8, 1.11-1.12x in ``bench-train``).
 #: The images are put in this layout by ``begin``.
 MEMORY_FORMAT = torch.channels_last
 

@@ -34,6 +34,9 @@ class Route:
     name: str
     paths: frozenset[Path]
 
+    def __post_init__(self):
+        object.__setattr__(self, "paths", frozenset(self.paths))  # any iterable of paths; hashable
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -81,13 +84,13 @@ def route_masks(space: RoutingSpace, route, batch: int, device=None) -> dict[Nod
     routes = list(route) if isinstance(route, (list, tuple)) else [route] * batch
     if len(routes) != batch:
         raise ValueError(f"got {len(routes)} per-image routes for a batch of {batch}")
-    # one row of 0/1 over all the space's paths per distinct route (a batch often repeats a few routes),
+    # one row of 0/1 over all the space's paths per distinct route (a batch often repeats a few),
     # one row per image taken from it, and each node's columns cut out of that
-    distinct: dict = {}  # route (or its id, if it cannot be hashed) -> (row, route)
-    image_rows = [distinct.setdefault(_route_key(r), (len(distinct), r))[0] for r in routes]
+    distinct: dict[Route, int] = {}  # equal routes share a row
+    image_rows = [distinct.setdefault(r, len(distinct)) for r in routes]
     table = torch.zeros(len(distinct), len(space.paths))
     columns = space.path_columns
-    for i, r in distinct.values():
+    for r, i in distinct.items():
         table[i, [columns[p] for p in r.paths if p in columns]] = 1.0  # paths outside the space open nothing
     per_image = table[torch.tensor(image_rows, dtype=torch.long)].to(device)  # (B, all paths)
     masks, start = {}, 0
@@ -96,15 +99,6 @@ def route_masks(space: RoutingSpace, route, batch: int, device=None) -> dict[Nod
         masks[node] = per_image[:, start:end].contiguous()  # (B, P), paths in gate order
         start = end
     return masks
-
-
-def _route_key(route):
-    """``route`` itself where it can be hashed (equal routes share a row), else its identity."""
-    try:
-        hash(route)
-    except TypeError:  # e.g. a Route built by hand with a set of paths
-        return id(route)
-    return route
 
 
 def reachable_nodes(space: RoutingSpace, paths) -> set[Node]:

@@ -87,7 +87,7 @@ def test_route_masks_match_each_path_looked_up_in_each_images_route():
     space = RoutingSpace(8)
     outside = Route("outside", frozenset({Path(0, 0, "keep"), Path(40, 0, "keep")}))  # a path of a deeper space
     routes = [named_route(n, space) for n in ("fcn32s", "unet", "fcn32s", "hrnetv2")]
-    by_hand = Route("by hand", {Path(0, 0, "down"), Path(1, 1, "keep")})  # a set: cannot be hashed
+    by_hand = Route("by hand", {Path(0, 0, "down"), Path(1, 1, "keep")})  # given a set: kept as a frozenset
     routes += [Route("empty", frozenset()), outside, routes[1], by_hand]
     masks = route_masks(space, routes, len(routes))
     assert list(masks) == list(space.nodes)
