@@ -126,10 +126,13 @@ class RoutingNode(nn.Module):
         ``x``: X (B, C, H, W); ``alpha``: (B, P), or ``None`` when every alpha is 1 (Network-Fix,
         no product). An image whose alphas are all zero passes X on along keep (the bypass)."""
         h = self.cell(x, drop_prob)  # Eq. 1: H = SepConv3x3 stack(X) + X
+        # alpha_j per image as P tensors (B, 1, 1, 1), cut in one operation: indexing alpha[:, j] per
+        # path would add four autograd nodes a path (a select and three unsqueezes) to every step
+        weights = None if alpha is None else alpha.view(*alpha.shape, 1, 1, 1).unbind(1)
         outputs = {}
         for j, direction in enumerate(self.directions):
             y = self.transforms[direction](h)  # T_{s -> j}(H)
-            outputs[direction] = y if alpha is None else alpha[:, j, None, None, None] * y  # Eq. 4
+            outputs[direction] = y if weights is None else weights[j] * y  # Eq. 4
         if alpha is not None:
             bypass = alpha.sum(dim=1) == 0  # (B,): every path closed
             if bool(bypass.any()):

@@ -23,7 +23,7 @@ from dr.routes import named_route
 from dr.training.checkpoint import load_checkpoint
 from dr.training.config import TrainConfig, check_config, differences, model_config
 from dr.training.evaluate import load_routes
-from dr.training.train import lr_factor, make_budget, parameter_groups, sample_plan
+from dr.training.train import build_optimizer, lr_factor, make_budget, parameter_groups, sample_plan
 
 #: a run small enough for a unit test: a few iterations on 64x64 crops of the embedded data
 SMALL = SMALL_RUN  # a short training run (conftest.SMALL_RUN)
@@ -80,6 +80,34 @@ def test_parameter_groups_exempt_norms_and_biases_and_scale_gates():
     assert bn_weights and all(
         any(p is q for q in groups["no_decay"]["params"] + groups["gate_no_decay"]["params"]) for p in bn_weights
     )
+
+
+def test_build_optimizer_steps_as_sgd_with_momentum_and_each_groups_decay_and_lr():
+    """Two steps of the (fused where available) optimizer against the update written out:
+    b = m * b + g + wd * p, p = p - lr * b, with each group's weight decay and learning rate."""
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(preset("tiny"))
+    cfg = TrainConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, gate_lr=10.0)
+    optimizer, _ = build_optimizer(model, cfg)
+    if torch.__version__ >= (2, 4):  # a semantic comparison (TorchVersion); fused on the CPU since 2.4
+        assert all(g["fused"] for g in optimizer.param_groups)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    settings = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    expected = {id(p): p.detach().clone() for p in params}
+    buffers = {id(p): torch.zeros_like(p) for p in params}
+    for step in range(2):
+        grads = {id(p): torch.randn_like(p) for p in params}
+        for p in params:
+            p.grad = grads[id(p)].clone()
+            lr, wd = settings[id(p)]
+            g = grads[id(p)] + wd * expected[id(p)]
+            buffers[id(p)] = g if step == 0 else 0.9 * buffers[id(p)] + g  # torch starts b at g
+            expected[id(p)] = expected[id(p)] - lr * buffers[id(p)]
+        optimizer.step()
+    low, high = sorted({g["lr"] for g in optimizer.param_groups})  # the warm-up's first rate, and the gates'
+    assert high == pytest.approx(10 * low)
+    for p in params:
+        torch.testing.assert_close(p.detach(), expected[id(p)], rtol=1e-5, atol=1e-6)
 
 
 def test_sample_plan_visits_every_image_once_per_epoch_and_is_reproducible():

@@ -13,6 +13,7 @@ from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
 from dr.data.synthetic import IMAGE_SIZE, SyntheticShapes
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
+from dr.training.train import sgd
 
 #: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate, layout)
 TRAIN_VARIANTS = {
@@ -56,7 +57,7 @@ def train_step_benchmark(
     for name, (overrides, fast_gate, layout) in TRAIN_VARIANTS.items():
         model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate, memory_format=layout)
         model = model.to(device).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        optimizer = sgd(model.parameters(), lr=1e-3, momentum=0.9)  # as the training loop builds it
         runs[name] = (model, optimizer)
 
     def step(model, optimizer) -> float:
