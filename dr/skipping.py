@@ -12,7 +12,8 @@ and a node that no open path reaches for an image is not executed for it at all 
 The authors' code instead computes every path and multiplies the closed ones by zero, skipping a
 cell only when its gates are closed for the whole batch, so routing saves them no time. Here each
 piece of work runs on exactly the images that need it: the rows of the batch are selected
-(``index_select``), computed together, and added back into full-batch buffers (``index_add``).
+(``index_select``), computed together, and added where they go (``index_add``), into a buffer
+with one row per image that reaches the next node.
 The result equals the dense forward of :mod:`dr.model` (``mode="masked"``), which the tests check.
 """
 
@@ -38,75 +39,93 @@ def select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, rows)
 
 
-def put_rows(buffer: torch.Tensor | None, y: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
-    """``buffer + y`` with the rows of ``y`` added at ``rows`` of a (B, ...) buffer (zeros if ``None``).
+def add_rows(parts: list[tuple[torch.Tensor, tuple[int, ...]]], rows: tuple[int, ...]) -> torch.Tensor:
+    """The sum of ``parts`` for the images ``rows``: each part is ``(Y, the rows Y holds)``, its rows a
+    subset of ``rows``, and the result has one row per image of ``rows`` (zeros where no part adds).
 
-    The buffers are this forward's own tensors, so the sum is taken in place (no copy of the buffer);
-    autograd allows it, since no operation keeps a buffer for its backward pass. A buffer takes the
-    layout of ``y``; on channels-last tensors the rows are added as rows of a (B, H * W * C) view
-    (``index_add_`` on the 4-D channels-last tensor falls back to a scatter 25x slower)."""
-    if len(rows) == batch:
-        return y if buffer is None else buffer.add_(y)
-    if buffer is None:
-        layout = torch.channels_last if _channels_last(y) else torch.contiguous_format
-        buffer = torch.empty((batch, *y.shape[1:]), dtype=y.dtype, device=y.device, memory_format=layout).zero_()
-    if _channels_last(buffer):
-        flat = buffer.permute(0, 2, 3, 1).view(batch, -1)  # the buffer's own memory
-        flat.index_add_(0, rows, y.permute(0, 2, 3, 1).reshape(len(y), -1))
-        return buffer
-    return buffer.index_add_(0, rows, y)
+    A part that holds every row is added whole; the others are added at their positions with
+    ``index_add_``. The sum is taken in place in this forward's own tensors (the first whole part, or
+    a fresh buffer): autograd allows it, since no operation keeps them for its backward pass. On
+    channels-last tensors the rows are added as rows of a (n, H * W * C) view (``index_add_`` on the
+    4-D channels-last tensor falls back to a scatter 25x slower)."""
+    whole = [y for y, held in parts if len(held) == len(rows)]
+    some = [(y, held) for y, held in parts if len(held) != len(rows)]
+    if whole:
+        total = whole[0]
+        for y in whole[1:]:
+            total = total.add_(y)
+    else:
+        first = some[0][0]
+        layout = torch.channels_last if _channels_last(first) else torch.contiguous_format
+        total = torch.empty((len(rows), *first.shape[1:]), dtype=first.dtype, device=first.device, memory_format=layout)
+        total = total.zero_()
+    if some:
+        position = {row: i for i, row in enumerate(rows)}
+        flat = total.permute(0, 2, 3, 1).view(len(rows), -1) if _channels_last(total) else total.view(len(rows), -1)
+        for y, held in some:
+            at = torch.tensor([position[row] for row in held], device=y.device)
+            y_rows = y.permute(0, 2, 3, 1) if _channels_last(y) else y
+            flat.index_add_(0, at, y_rows.reshape(len(y), -1))
+    return total
 
 
 def skipping_forward(net, images: torch.Tensor, *, route=None):
-    """Eq. 5-6 through ``net`` (a :class:`dr.model.DynamicRoutingNet`); returns its ``RoutingOutput``."""
-    stem, masks = net.begin(images, route)
-    batch = len(images)
-    inputs: dict[Node, torch.Tensor] = {Node(0, 0): stem}  # X of each node; rows of images not reaching it stay 0
-    reached = {Node(0, 0): torch.ones(batch, dtype=torch.bool, device=images.device)}
-    gates: dict[Node, torch.Tensor] = {}
-    features: list[torch.Tensor | None] = [None] * NUM_SCALES
+    """Eq. 5-6 through ``net`` (a :class:`dr.model.DynamicRoutingNet`); returns its ``RoutingOutput``.
 
-    def deliver(path: Path, y: torch.Tensor, rows: torch.Tensor) -> None:
-        """Add the output of ``path`` for the images ``rows`` to where it goes: the next node or the decoder."""
+    Which image goes where is bookkept on the host, in tuples of batch rows: one ``tolist()`` of
+    1[alpha > 0] per node, then plain Python. Done with tensor operations it took a dozen small
+    ones per node, most of the time a mixed batch of the tiny network spent beyond its convolutions."""
+    stem, masks = net.begin(images, route)
+    batch, device = len(images), images.device
+    everyone = tuple(range(batch))
+    # what reaches each node: (Y, the batch rows Y holds); the node's X is their sum (the stem feeds the first)
+    arrivals: dict[Node, list] = {Node(0, 0): [(stem, everyone)]}
+    to_decoder: list[list] = [[] for _ in range(NUM_SCALES)]  # the last layer's keep outputs, per scale
+    gates: dict[Node, torch.Tensor] = {}
+    active: dict[Node, torch.Tensor] = {}
+
+    def index(rows) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.long, device=device)
+
+    def deliver(path: Path, y: torch.Tensor, rows: tuple[int, ...]) -> None:
+        """Send the output of ``path`` for the images ``rows`` where it goes: the next node or the decoder."""
         target = net.space.target(path)
-        if target is None:
-            features[path.scale] = put_rows(features[path.scale], y, rows, batch)
-            return
-        inputs[target] = put_rows(inputs.get(target), y, rows, batch)
-        arrived = torch.zeros(batch, dtype=torch.bool, device=y.device).index_fill_(0, rows, True)
-        reached[target] = reached[target] | arrived if target in reached else arrived
+        (to_decoder[path.scale] if target is None else arrivals.setdefault(target, [])).append((y, rows))
 
     for node in net.space.nodes:
         module, paths = net.node(node), net.space.paths_out(node)
-        rows = reached[node].nonzero().flatten() if node in reached else stem.new_zeros(0, dtype=torch.long)
+        parts = arrivals.pop(node, [])
+        rows = tuple(sorted(set().union(*(held for _, held in parts))))  # the images that reach the node
+        reached = set(rows)
+        active[node] = torch.tensor([i in reached for i in everyone], device=device)
         gates[node] = stem.new_zeros(batch, len(paths))
-        reached.setdefault(node, torch.zeros(batch, dtype=torch.bool, device=images.device))
-        if not len(rows):  # no image reaches this node: nothing of it runs
+        if not rows:  # no image reaches this node: nothing of it runs
             continue
-        x = inputs.pop(node)
-        x = x if len(rows) == batch else select_rows(x, rows)  # X for the images that reach the node
-        alpha = net.gate_values(module, x, None if masks is None else masks[node].index_select(0, rows))  # Eq. 2-3
+        x = add_rows(parts, rows)  # X for the images that reach the node
+        some = None if len(rows) == batch else index(rows)
+        mask = None if masks is None else masks[node] if some is None else masks[node].index_select(0, some)
+        alpha = net.gate_values(module, x, mask)  # Eq. 2-3
         alpha = x.new_ones(len(rows), len(paths)) if alpha is None else alpha
-        gates[node] = alpha if len(rows) == batch else gates[node].index_copy(0, rows, alpha)
-        opened = alpha > 0  # (n, P)
-        works = opened.any(dim=1)  # Eq. 5: the cell is computed for these images
-        if not bool(works.all()):  # Eq. 6: Y_keep = X, nothing computed
-            idle = (~works).nonzero().flatten()
-            deliver(paths[0], select_rows(x, idle), rows.index_select(0, idle))
-            if len(idle) == len(rows):  # every image passes X on: no cell to compute
+        gates[node] = alpha if some is None else gates[node].index_copy(0, some, alpha)
+        opened = (alpha > 0).tolist()  # (n, P) on the host
+        idle = [i for i, row in enumerate(opened) if not any(row)]  # Eq. 6: Y_keep = X, nothing computed
+        working = [i for i, row in enumerate(opened) if any(row)]  # Eq. 5: the cell is computed for these
+        if idle:
+            deliver(paths[0], select_rows(x, index(idle)), tuple(rows[i] for i in idle))
+            if not working:  # every image passes X on: no cell to compute
                 continue
-            working = works.nonzero().flatten()  # one index set, used for X, rows, alpha and opened
-            x = select_rows(x, working)
-            rows, alpha, opened = (t.index_select(0, working) for t in (rows, alpha, opened))
+            chosen = index(working)  # one index set, used for X and alpha
+            x, alpha = select_rows(x, chosen), alpha.index_select(0, chosen)
         h = module.cell(x)  # Eq. 1 on the working images
-        weights = alpha[:, :, None, None, None]  # (n, P, 1, 1, 1)
+        weights = alpha.view(*alpha.shape, 1, 1, 1).unbind(1)  # alpha_j per image, (n, 1, 1, 1) each
         for j, path in enumerate(paths):
-            take = opened[:, j]  # the images for which path j is open
-            if bool(take.all()):
+            take = [k for k, i in enumerate(working) if opened[i][j]]  # the images for which path j is open
+            if len(take) == len(working):
                 y = module.transforms[path.direction](h)  # T_{s -> j}(H)
-                deliver(path, weights[:, j] * y, rows)  # Eq. 6
-            elif bool(take.any()):  # open for some: computed on those only
-                which = take.nonzero().flatten()
+                deliver(path, weights[j] * y, tuple(rows[i] for i in working))  # Eq. 6
+            elif take:  # open for some: computed on those only
+                which = index(take)
                 y = module.transforms[path.direction](select_rows(h, which))
-                deliver(path, weights[:, j].index_select(0, which) * y, rows.index_select(0, which))
-    return net.end(images, features, gates, reached)
+                deliver(path, weights[j].index_select(0, which) * y, tuple(rows[working[k]] for k in take))
+    features = [add_rows(parts, everyone) if parts else None for parts in to_decoder]
+    return net.end(images, features, gates, active)

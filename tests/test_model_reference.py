@@ -13,7 +13,7 @@ from dr.gate import SoftConditionalGate
 from dr.gate_fast import FastSoftConditionalGate
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
 from dr.routes import named_route
-from dr.skipping import put_rows, select_rows
+from dr.skipping import add_rows, select_rows
 from dr.space import Node
 
 
@@ -291,16 +291,26 @@ def test_down_transform_is_the_stride_2_convolution(two_threads, shape):
 def test_rows_are_selected_and_added_as_index_select_and_index_add_do_in_the_tensors_layout(layout):
     torch.manual_seed(0)
     x = torch.randn(6, 5, 4, 3).contiguous(memory_format=layout)
-    rows = torch.tensor([4, 1, 3])
-    picked = select_rows(x, rows)
+    picked = select_rows(x, torch.tensor([4, 1, 3]))
     assert torch.equal(picked, x[[4, 1, 3]]) and picked.is_contiguous(memory_format=layout)
-    buffer = torch.randn(6, 5, 4, 3).contiguous(memory_format=layout)
-    expected = buffer.clone().index_add_(0, rows, picked)
-    out = put_rows(buffer, picked, rows, 6)
-    assert out is buffer and torch.equal(out, expected)  # in place
-    fresh = put_rows(None, picked, rows, 6)
-    assert torch.equal(fresh, torch.zeros(6, 5, 4, 3).index_add_(0, rows, picked))
-    assert fresh.is_contiguous(memory_format=layout)
+    # parts of the images (0, 1, 3, 4, 5): one holding all five, two holding some; any order of parts
+    rows = (0, 1, 3, 4, 5)
+    whole = torch.randn(5, 5, 4, 3).contiguous(memory_format=layout)
+    some = torch.randn(3, 5, 4, 3).contiguous(memory_format=layout)
+    other = torch.randn(1, 5, 4, 3).contiguous(memory_format=layout)
+    expected = whole.clone()
+    expected[[1, 3, 4]] += some  # rows 1, 4, 5 sit at positions 1, 3, 4
+    expected[[2]] += other  # row 3 at position 2
+    for parts in ([(whole, rows), (some, (1, 4, 5)), (other, (3,))], [(other, (3,)), (some, (1, 4, 5)), (whole, rows)]):
+        out = add_rows([(y.clone(), held) for y, held in parts], rows)
+        torch.testing.assert_close(out, expected)
+        assert out.is_contiguous(memory_format=layout)
+    # no part holds every row: the rows no part reaches stay zero
+    out = add_rows([(some, (1, 4, 5))], rows)
+    assert torch.equal(out[[0, 2]], torch.zeros(2, 5, 4, 3)) and torch.equal(out[[1, 3, 4]], some)
+    assert out.is_contiguous(memory_format=layout)
+    first = whole.clone()
+    assert add_rows([(first, rows), (some, (1, 4, 5))], rows) is first  # summed in place, no copy
 
 
 def test_every_convolution_of_a_mixed_batch_runs_channels_last(images):
