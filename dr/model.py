@@ -128,7 +128,7 @@ class RoutingNode(nn.Module):
         h = self.cell(x, drop_prob)  # Eq. 1: H = SepConv3x3 stack(X) + X
         # alpha_j per image as P tensors (B, 1, 1, 1), cut in one operation: indexing alpha[:, j] per
         # path would add four autograd nodes a path (a select and three unsqueezes) to every step
-        weights = None if alpha is None else alpha.view(*alpha.shape, 1, 1, 1).unbind(1)
+        weights = None if alpha is None else alpha.reshape(*alpha.shape, 1, 1, 1).unbind(1)
         outputs = {}
         for j, direction in enumerate(self.directions):
             y = self.transforms[direction](h)  # T_{s -> j}(H)

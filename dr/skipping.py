@@ -12,8 +12,9 @@ and a node that no open path reaches for an image is not executed for it at all 
 The authors' code instead computes every path and multiplies the closed ones by zero, skipping a
 cell only when its gates are closed for the whole batch, so routing saves them no time. Here each
 piece of work runs on exactly the images that need it: the rows of the batch are selected
-(``index_select``), computed together, and added where they go (``index_add``), into a buffer
-with one row per image that reaches the next node.
+(``index_select``), computed together, and added where they go: into a buffer with one row per
+image that reaches the next node (or per image of the batch, for the decoder), whole where they
+hold every one of its rows, else with ``index_add``.
 The result equals the dense forward of :mod:`dr.model` (``mode="masked"``), which the tests check.
 """
 
@@ -61,11 +62,11 @@ def add_rows(parts: list[tuple[torch.Tensor, tuple[int, ...]]], rows: tuple[int,
         total = total.zero_()
     if some:
         position = {row: i for i, row in enumerate(rows)}
-        flat = total.permute(0, 2, 3, 1).view(len(rows), -1) if _channels_last(total) else total.view(len(rows), -1)
+        hwc = _channels_last(total)  # the parts' rows are flattened in the sum's own order
+        flat = total.permute(0, 2, 3, 1).view(len(rows), -1) if hwc else total.view(len(rows), -1)
         for y, held in some:
             at = torch.tensor([position[row] for row in held], device=y.device)
-            y_rows = y.permute(0, 2, 3, 1) if _channels_last(y) else y
-            flat.index_add_(0, at, y_rows.reshape(len(y), -1))
+            flat.index_add_(0, at, (y.permute(0, 2, 3, 1) if hwc else y).reshape(len(y), -1))
     return total
 
 
@@ -97,7 +98,7 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
         parts = arrivals.pop(node, [])
         rows = tuple(sorted(set().union(*(held for _, held in parts))))  # the images that reach the node
         reached = set(rows)
-        active[node] = torch.tensor([i in reached for i in everyone], device=device)
+        active[node] = torch.tensor([i in reached for i in everyone], dtype=torch.bool, device=device)
         gates[node] = stem.new_zeros(batch, len(paths))
         if not rows:  # no image reaches this node: nothing of it runs
             continue
@@ -117,7 +118,7 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
             chosen = index(working)  # one index set, used for X and alpha
             x, alpha = select_rows(x, chosen), alpha.index_select(0, chosen)
         h = module.cell(x)  # Eq. 1 on the working images
-        weights = alpha.view(*alpha.shape, 1, 1, 1).unbind(1)  # alpha_j per image, (n, 1, 1, 1) each
+        weights = alpha.reshape(*alpha.shape, 1, 1, 1).unbind(1)  # alpha_j per image, (n, 1, 1, 1) each
         for j, path in enumerate(paths):
             take = [k for k, i in enumerate(working) if opened[i][j]]  # the images for which path j is open
             if len(take) == len(working):

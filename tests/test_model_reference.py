@@ -311,6 +311,14 @@ def test_rows_are_selected_and_added_as_index_select_and_index_add_do_in_the_ten
     assert out.is_contiguous(memory_format=layout)
     first = whole.clone()
     assert add_rows([(first, rows), (some, (1, 4, 5))], rows) is first  # summed in place, no copy
+    # two whole parts, and parts in the other layout: the sum keeps the first whole part's layout
+    other_layout = torch.contiguous_format if layout == torch.channels_last else torch.channels_last
+    parts = [(whole.clone(), rows), (whole.contiguous(memory_format=other_layout), rows)]
+    parts += [(some.contiguous(memory_format=other_layout), (1, 4, 5)), (other, (3,))]
+    expected_twice = expected + whole
+    out = add_rows(parts, rows)
+    torch.testing.assert_close(out, expected_twice)
+    assert out.is_contiguous(memory_format=layout)
 
 
 def test_every_convolution_of_a_mixed_batch_runs_channels_last(images):
