@@ -175,8 +175,8 @@ def cmd_bench(args) -> int:
     print(f"  route, skip   {result['route_ms']:9.1f} ms  {result['gflops_route']:8.2f} GFLOPs")
     print(f"  route, masked {result['masked_ms']:9.1f} ms")
     print(
-        f"  cost_ratio {result['cost_ratio']:.3f}  latency_ratio {result['latency_ratio']:.3f}  "
-        f"latency_masked_ratio {result['latency_masked_ratio']:.3f}"
+        f"  cost_ratio {result['cost_ratio']:.3f}  latency_ratio {result['latency_ratio']:.3f} "
+        f"(rounds {_range(result['latency_ratio_range'])})  latency_masked_ratio {result['latency_masked_ratio']:.3f}"
     )
     print(
         f"  NCHW layout   {result['all_open_nchw_ms']:9.1f} ms all open ({result['nchw_over_channels_last']:.2f}x the "
@@ -191,11 +191,16 @@ def cmd_bench(args) -> int:
         print(f"  one by one    {result['one_by_one_ms']:9.1f} ms  the same images and routes, one forward each")
         print(
             f"  mixed_cost_ratio {result['mixed_cost_ratio']:.3f}  "
-            f"mixed_latency_ratio {result['mixed_latency_ratio']:.3f}  "
+            f"mixed_latency_ratio {result['mixed_latency_ratio']:.3f} "
+            f"(rounds {_range(result['mixed_latency_ratio_range'])})  "
             f"mixed / one by one {result['mixed_over_one_by_one']:.3f}  "
             f"(max |diff| {result['max_abs_diff_mixed_vs_one_by_one']:.1e})"
         )
     return 0
+
+
+def _range(low_high: list[float]) -> str:
+    return f"{low_high[0]:.3f}-{low_high[1]:.3f}"
 
 
 def cmd_bench_train(args) -> int:

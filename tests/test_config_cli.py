@@ -118,7 +118,7 @@ def test_cli_bad_input_gives_a_message_not_a_traceback(args, message):
 
 def test_cli_bench_tiny_reports_ratios():
     result = run_cli(
-        "bench", "--preset", "tiny", "--size", "64x64", "--route", "fcn32s", "--batch", "2", "--repeats", "1", "--json"
+        "bench", "--preset", "tiny", "--size", "64x64", "--route", "fcn32s", "--batch", "2", "--repeats", "2", "--json"
     )
     assert result.returncode == 0, result.stderr
     bench = json.loads(result.stdout)
@@ -128,5 +128,9 @@ def test_cli_bench_tiny_reports_ratios():
     assert bench["mixed_routes"] == ["fcn32s", "deeplabv3"] and bench["mixed_real_cost_equal"]
     assert 0 < bench["mixed_cost_ratio"] < 1 and bench["mixed_latency_ratio"] > 0
     assert bench["max_abs_diff_mixed_vs_one_by_one"] < 1e-4
+    # the ratio of the medians lies between the lowest and highest ratio of one round (median is monotone)
+    for key in ("latency_ratio", "mixed_latency_ratio"):
+        low, high = bench[f"{key}_range"]
+        assert 0 < low <= bench[key] * (1 + 1e-9) and bench[key] <= high * (1 + 1e-9)
     assert bench["device"] == "cpu" and bench["images_per_call"] == 2  # 2 x 64 x 64 pixels: one chunk
     assert bench["max_abs_diff_nchw"] < 1e-4  # the same weights in NCHW: the same logits

@@ -92,9 +92,11 @@ def benchmark(
       routes one image at a time.
 
     Returns a JSON-able dict: the medians, each cost ratio (real FLOPs against all-open) next to its
-    latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), and the
-    largest differences between the executions' logits (they compute the same function). Freed
-    memory stays in the process (:func:`dr.allocator.keep_freed_memory`), as on the command line."""
+    latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), the
+    lowest and highest of the rounds' own latency ratios (``*_range``: how far one round strays from
+    the median; a run in another process can land elsewhere again), and the largest differences
+    between the executions' logits (they compute the same function). Freed memory stays in the process
+    (:func:`dr.allocator.keep_freed_memory`), as on the command line."""
     keep_freed_memory()
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -142,6 +144,12 @@ def benchmark(
     costs = model.cost_model(height, width)
     cost = {name: float(out.total_real_cost.mean()) for name, out in outputs.items()}
     ms = {name: median_ms(t) for name, t in times.items()}
+
+    def spread(name: str) -> list[float]:
+        """Lowest and highest of the rounds' own ratios, ``name`` over all-open in the same round."""
+        ratios = [t / t_open for t, t_open in zip(times[name], times["all_open"])]
+        return [min(ratios), max(ratios)]
+
     result = {
         "size": [height, width],
         "route": route_name,
@@ -159,6 +167,7 @@ def benchmark(
         "masked_ms": ms["masked"],
         "cost_ratio": cost["route"] / cost["all_open"],
         "latency_ratio": ms["route"] / ms["all_open"],
+        "latency_ratio_range": spread("route"),
         "latency_masked_ratio": ms["masked"] / ms["all_open"],
         "max_abs_diff_skip_vs_masked": float((outputs["route"].logits - outputs["masked"].logits).abs().max()),
         "all_open_nchw_ms": ms["all_open_nchw"],
@@ -174,6 +183,7 @@ def benchmark(
             "one_by_one_ms": ms["one_by_one"],
             "mixed_cost_ratio": cost["mixed"] / cost["all_open"],
             "mixed_latency_ratio": ms["mixed"] / ms["all_open"],
+            "mixed_latency_ratio_range": spread("mixed"),
             "mixed_over_one_by_one": ms["mixed"] / ms["one_by_one"],
             "max_abs_diff_mixed_vs_one_by_one": float(
                 (outputs["mixed"].logits - outputs["one_by_one"].logits).abs().max()
