@@ -93,8 +93,9 @@ def benchmark(
 
     Returns a JSON-able dict: the medians, each cost ratio (real FLOPs against all-open) next to its
     latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), the
-    lowest and highest of the rounds' own latency ratios (``*_range``: how far one round strays from
-    the median; a run in another process can land elsewhere again), and the largest differences
+    lowest and highest ratio of a single round (``*_range``: the variant over all-open in the same
+    round; they always bracket the ratio of the medians and show the round-to-round noise, not the
+    uncertainty of the median), and the largest differences
     between the executions' logits (they compute the same function). Freed memory stays in the process
     (:func:`dr.allocator.keep_freed_memory`), as on the command line."""
     keep_freed_memory()
