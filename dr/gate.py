@@ -70,6 +70,13 @@ def gate_activation(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def path_weights(alpha: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """alpha (B, P) as P tensors (B, 1, 1, 1), alpha_j per image, ready to scale path j's (B, C, H, W)
+    output (Eq. 4). Cut in one ``unbind``: ``alpha[:, j, None, None, None]`` per path would add four
+    autograd nodes a path (a select and three unsqueezes) to every training step."""
+    return alpha.reshape(*alpha.shape, 1, 1, 1).unbind(1)
+
+
 def gate_input_size(height: int, width: int, small: bool) -> tuple[int, int]:
     """Spatial size the gate's convolution runs at: full, or down-sampled by 4 per side."""
     if not small:

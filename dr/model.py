@@ -41,7 +41,7 @@ from dr.config import ModelConfig, check_input_size
 from dr.cost import CostModel, expected_cost, padded_size
 from dr.cost import real_cost as executed_cost
 from dr.droppath import scheduled_drop_prob
-from dr.gate import SoftConditionalGate
+from dr.gate import SoftConditionalGate, path_weights
 from dr.gate_fast import FastSoftConditionalGate
 from dr.routes import route_masks
 from dr.skipping import skipping_forward
@@ -126,9 +126,7 @@ class RoutingNode(nn.Module):
         ``x``: X (B, C, H, W); ``alpha``: (B, P), or ``None`` when every alpha is 1 (Network-Fix,
         no product). An image whose alphas are all zero passes X on along keep (the bypass)."""
         h = self.cell(x, drop_prob)  # Eq. 1: H = SepConv3x3 stack(X) + X
-        # alpha_j per image as P tensors (B, 1, 1, 1), cut in one operation: indexing alpha[:, j] per
-        # path would add four autograd nodes a path (a select and three unsqueezes) to every step
-        weights = None if alpha is None else alpha.reshape(*alpha.shape, 1, 1, 1).unbind(1)
+        weights = None if alpha is None else path_weights(alpha)  # alpha_j per image: P tensors (B, 1, 1, 1)
         outputs = {}
         for j, direction in enumerate(self.directions):
             y = self.transforms[direction](h)  # T_{s -> j}(H)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from dr.gate import path_weights
 from dr.space import NUM_SCALES, Node, Path
 
 
@@ -118,7 +119,7 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
             chosen = index(working)  # one index set, used for X and alpha
             x, alpha = select_rows(x, chosen), alpha.index_select(0, chosen)
         h = module.cell(x)  # Eq. 1 on the working images
-        weights = alpha.reshape(*alpha.shape, 1, 1, 1).unbind(1)  # alpha_j per image, (n, 1, 1, 1) each
+        weights = path_weights(alpha)  # alpha_j per image, (n, 1, 1, 1) each
         for j, path in enumerate(paths):
             take = [k for k, i in enumerate(working) if opened[i][j]]  # the images for which path j is open
             if len(take) == len(working):
