@@ -228,6 +228,13 @@ def cmd_bench_train(args) -> int:
         print(f"  {label:<29} {result[f'{key}_ms']:9.1f} ms  {ratio}{result[f'{key}_images_per_s']:8.1f} images/s")
     ratio = f"ratio {result['data_over_fix']:.3f}" if "data_over_fix" in result else "(at 128x128: no ratio)"
     print(f"  embedded data, one batch      {result['data_ms']:9.1f} ms  {ratio} (generated on the CPU)")
+    if "loop_ms" in result:
+        print(
+            f"  training loop, one iteration  {result['loop_ms']:9.1f} ms  ratio {result['loop_over_raw']:.3f} to the "
+            f"full-res gate's bare step  {result['loop_images_per_s']:8.1f} images/s"
+        )
+        every = result["checkpoint_every"]
+        print(f"  (the tutorial's recipe, data included; a checkpoint every {every}: {result['checkpoint_ms']:.1f} ms)")
     return 0
 
 

@@ -18,12 +18,21 @@ from conftest import SMALL_RUN
 from dr.cli import main
 from dr.config import ConfigError, preset
 from dr.cost import CostModel
+from dr.data import build_dataset
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
 from dr.training.checkpoint import load_checkpoint
 from dr.training.config import TrainConfig, check_config, differences, model_config
 from dr.training.evaluate import load_routes
-from dr.training.train import build_optimizer, lr_factor, make_budget, parameter_groups, sample_plan
+from dr.training.train import (
+    PlannedBatches,
+    build_optimizer,
+    lr_factor,
+    make_budget,
+    parameter_groups,
+    sample_plan,
+    training_step,
+)
 
 #: a run small enough for a unit test: a few iterations on 64x64 crops of the embedded data
 SMALL = SMALL_RUN  # a short training run (conftest.SMALL_RUN)
@@ -111,6 +120,38 @@ def test_build_optimizer_steps_as_sgd_with_momentum_and_each_groups_decay_and_lr
         optimizer.step()
     for p in params:
         torch.testing.assert_close(p.detach(), expected[id(p)], rtol=1e-5, atol=1e-6)
+
+
+def test_planned_batches_augment_from_the_plan_and_leave_the_global_rng_alone():
+    """Batch j holds the plan's images, each augmented from its own seed whatever the global RNG's
+    state, and drawing it does not move that state (training's own randomness)."""
+    dataset = build_dataset("synthetic", "train", train=True, crop=(96, 96), size=30)
+    batches = PlannedBatches(dataset, 4, seed=1, start=0, stop=3)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    drawn = batches[2]
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(456)  # another global state: the same batch
+    assert torch.equal(batches[2]["image"], drawn["image"]) and torch.equal(batches[2]["label"], drawn["label"])
+    for k, (index, aug_seed) in enumerate(sample_plan(len(dataset), 4, seed=1, iteration=2)):
+        torch.manual_seed(aug_seed)
+        assert torch.equal(dataset[index]["image"], drawn["image"][k])  # the flips and crop of its seed
+    assert not torch.equal(batches[1]["image"], drawn["image"])
+
+
+def test_training_step_clips_the_gradient_norm_over_every_stepped_parameter():
+    """After a step, the gradients (of all the optimiser's parameters, gates included) have a total
+    norm of ``clip`` when they had more."""
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(preset("tiny")).train()
+    optimizer, _ = build_optimizer(model, TrainConfig(weight_decay=0.0))
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    training_step(model, images, labels, optimizer=optimizer, budget=None, iteration=0, total=10, clip=0.01)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) == sum(len(group["params"]) for group in optimizer.param_groups)
+    assert any(".gate." in name and p.grad is not None for name, p in model.named_parameters())
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert float(norm) == pytest.approx(0.01, rel=1e-4)
 
 
 def test_sample_plan_visits_every_image_once_per_epoch_and_is_reproducible():
@@ -406,6 +447,22 @@ def test_bench_train_prints_every_variant_with_its_throughput(capsys):
     for label in (*labels, "Network-Fix, NCHW layout"):
         line = next(line for line in out.splitlines() if label in line)
         assert line.rstrip().endswith("images/s"), line
+    assert "training loop" not in out  # the loop draws the embedded data, which comes at 128 x 128 only
+
+
+def test_bench_train_times_the_tutorial_loop_beside_its_bare_step(capsys):
+    """At the embedded data's size, ``bench-train`` also times one iteration of the training loop
+    (sample plan, ``training_step`` with clipping, the schedule), against the same network's bare step."""
+    assert run_cli("bench-train", "--preset", "tiny", "--batch", "2", "--repeats", "2", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loop_over_raw"] == pytest.approx(result["loop_ms"] / result["raw_ms"])
+    assert result["loop_images_per_s"] == pytest.approx(2 / (result["loop_ms"] / 1000))
+    assert result["loop_ms"] > result["data_ms"] > 0  # the iteration draws its batch, then steps
+    assert result["data_over_fix"] == pytest.approx(result["data_ms"] / result["fix_ms"])
+    assert result["checkpoint_ms"] > 0 and result["checkpoint_every"] == TrainConfig().checkpoint_every
+    assert run_cli("bench-train", "--preset", "tiny", "--batch", "2", "--repeats", "1") == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "training loop, one iteration" in line)
+    assert "to the full-res gate's bare step" in line and line.rstrip().endswith("images/s"), line
 
 
 def test_static_route_trains_the_same_with_real_skipping():

@@ -6,14 +6,15 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 
 from dr.allocator import keep_freed_memory
 from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
-from dr.data.synthetic import IMAGE_SIZE, SyntheticShapes
+from dr.data import build_dataset
+from dr.data.synthetic import IMAGE_SIZE
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
-from dr.training.train import sgd
+from dr.training.config import TrainConfig
+from dr.training.train import PlannedBatches, build_optimizer, sgd, training_step
 
 #: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate, layout)
 TRAIN_VARIANTS = {
@@ -45,8 +46,15 @@ def train_step_benchmark(
     :mod:`dr.gate`'s plain gate, which the model's fast gate replaces). The loss includes the
     expected cost (as the budget loss would) so the gated variants pay for its graph too.
     ``data_ms`` is the time to generate one batch of the embedded data (128 x 128, augmented), as
-    the training loop loads it. Freed memory stays in the process
-    (:func:`dr.allocator.keep_freed_memory`), as on the command line.
+    the training loop loads it. At that size a last variant, ``loop``, is one iteration of the
+    training loop as ``python -m dr train`` runs it with the tutorial's recipe (what ``make run``
+    trains): the batch drawn from the sample plan, :func:`dr.training.train.training_step` (forward,
+    losses, backward, gradient clipping, the SGD step with weight decay, the numbers it logs) and the
+    learning-rate schedule's step, on a model of ``config`` with full-resolution gates; ``loop_over_raw``
+    sets it against the bare step of the same network (``raw``). Not in it: the progress bar, a log
+    line every 10 iterations and a checkpoint every ``checkpoint_every`` (``checkpoint_ms`` is one save of
+    the model, optimiser and schedule). Freed memory stays in the process (:func:`dr.allocator.keep_freed_memory`),
+    as on the command line.
     """
     keep_freed_memory()
     device = torch.device(device)
@@ -70,30 +78,50 @@ def train_step_benchmark(
 
         return timed(once, device)
 
-    # the embedded data's generator, as the training loop calls it: one batch of augmented samples
-    data = SyntheticShapes("train", seed=seed, train=True)
-    counter = iter(range(10**9))
+    # the embedded data, as the training loop draws it: one augmented batch of the sample plan
+    recipe = TrainConfig(seed=seed, batch=batch)  # the tutorial's (python -m dr train's defaults)
+    planned = PlannedBatches(build_dataset("synthetic", "train", train=True, seed=seed), batch, seed, 0, 10**9)
 
-    def load_batch() -> float:
+    def load_batch(iteration: int) -> float:
         tic = time.perf_counter()
-        default_collate([data[next(counter) % len(data)] for _ in range(batch)])
+        planned[iteration]
         return time.perf_counter() - tic
 
-    samples = {name: [] for name in runs}
-    samples["data"] = []
+    timers = {name: (lambda _, pair=pair: step(*pair)) for name, pair in runs.items()}  # each called with the round
+    timers["data"] = load_batch
+    loop = (height, width) == IMAGE_SIZE  # the embedded data comes at one size: the loop runs at that size only
+    if loop:
+        tutorial = DynamicRoutingNet(config).to(device).train()
+        optimizer, scheduler = build_optimizer(tutorial, recipe)
+        rounds_total = warmup + repeats
+
+        def loop_iteration(iteration: int) -> None:
+            drawn = planned[iteration]
+            training_step(
+                tutorial,
+                drawn["image"].to(device),
+                drawn["label"].to(device),
+                optimizer=optimizer,
+                budget=None,  # the tutorial trains Dynamic-Raw: no budget
+                iteration=iteration,
+                total=max(recipe.iters, rounds_total),
+                clip=recipe.clip,
+            )
+            scheduler.step()
+
+        timers["loop"] = lambda iteration: timed(lambda: loop_iteration(iteration), device)
+
+    samples = {name: [] for name in timers}
     rounds = range(warmup + repeats)
     if progress:
         from tqdm import tqdm
 
         rounds = tqdm(rounds, desc="bench-train", unit="round")  # on stderr
     for round_ in rounds:
-        for name, (model, optimizer) in runs.items():
-            t = step(model, optimizer)
+        for name, timer in timers.items():
+            t = timer(round_)
             if round_ >= warmup:
                 samples[name].append(t)
-        t = load_batch()
-        if round_ >= warmup:
-            samples["data"].append(t)
     result = {
         "height": height,
         "width": width,
@@ -110,7 +138,30 @@ def train_step_benchmark(
     for name in runs:
         if name != "fix":
             result[f"{name}_over_fix"] = result[f"{name}_ms"] / result["fix_ms"]
-    # generating a batch of embedded images (128 x 128) against the cheapest training step of that size
-    if (height, width) == IMAGE_SIZE:  # the embedded data comes at one size: a ratio only at that size
+    if loop:
+        # generating a batch of embedded images (128 x 128) against the cheapest training step of that size
         result["data_over_fix"] = result["data_ms"] / result["fix_ms"]
+        result["loop_images_per_s"] = batch / (result["loop_ms"] / 1000.0)
+        result["loop_over_raw"] = result["loop_ms"] / result["raw_ms"]
+        result["checkpoint_ms"] = 1000.0 * checkpoint_seconds(tutorial, optimizer, scheduler)
+        result["checkpoint_every"] = recipe.checkpoint_every  # iterations
     return result
+
+
+def checkpoint_seconds(model, optimizer, scheduler, times: int = 3) -> float:
+    """The median time of saving what the training loop checkpoints (weights, optimiser and schedule,
+    atomically with :func:`dr.training.checkpoint.save_checkpoint`) into a temporary folder."""
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    from dr.training.checkpoint import save_checkpoint
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    seconds = []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(times):
+            tic = time.perf_counter()
+            save_checkpoint(state, Path(folder) / "checkpoint.pt")
+            seconds.append(time.perf_counter() - tic)
+    return statistics.median(seconds)
