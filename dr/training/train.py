@@ -589,13 +589,13 @@ def _train_loop(
         now = time.perf_counter()
         seconds, mark = seconds + (now - mark), now
         expected_g = (step["expected_cost"] + step["fixed_cost"]) / 1e9
-        bar.update(1)
-        bar.set_postfix(  # shown at the bar's next refresh (10 a second at most), not written every iteration
+        bar.set_postfix(  # drawn by the update below (one redraw an iteration, at most 10 a second)
             loss=f"{step['seg_loss']:.3f}",
             budget=f"{step['budget_loss']:.4f}",
             gflops_exp=f"{expected_g:.3f}",
             refresh=False,
         )
+        bar.update(1)
         if world.writes and (done % cfg.log_every == 0 or done == cfg.iters):
             record = {
                 "iter": done,
