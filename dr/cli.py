@@ -450,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     bt = sub.add_parser(
-        "bench-train", help="training step time: Dynamic-Raw (small gate, fast / plain; full gate) vs Network-Fix"
+        "bench-train",
+        help="training step time: Dynamic-Raw (small gate, fast / plain; full gate) vs Network-Fix; "
+        "at 128x128 also the tutorial's training loop vs its bare step",
     )
     bt.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
     bt.add_argument("--size", help="crop HxW (default: the preset's size)")

@@ -122,14 +122,21 @@ def test_build_optimizer_steps_as_sgd_with_momentum_and_each_groups_decay_and_lr
         torch.testing.assert_close(p.detach(), expected[id(p)], rtol=1e-5, atol=1e-6)
 
 
-def test_planned_batches_augment_from_the_plan_and_leave_the_global_rng_alone():
+def test_planned_batches_augment_from_the_plan_and_leave_the_global_rng_alone(monkeypatch):
     """Batch j holds the plan's images, each augmented from its own seed whatever the global RNG's
-    state, and drawing it does not move that state (training's own randomness)."""
+    state, and drawing it moves no generator of training's own randomness: the CPU's is restored,
+    and the GPUs' are never seeded (``torch.manual_seed`` would seed them, unrestored)."""
     dataset = build_dataset("synthetic", "train", train=True, crop=(96, 96), size=30)
     batches = PlannedBatches(dataset, 4, seed=1, start=0, stop=3)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    drawn = batches[2]
+
+    def gpu_seeded(seed):
+        raise AssertionError(f"drawing a batch seeded the GPU generators ({seed})")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "manual_seed_all", gpu_seeded)
+        drawn = batches[2]
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(456)  # another global state: the same batch
     assert torch.equal(batches[2]["image"], drawn["image"]) and torch.equal(batches[2]["label"], drawn["label"])
@@ -140,8 +147,8 @@ def test_planned_batches_augment_from_the_plan_and_leave_the_global_rng_alone():
 
 
 def test_training_step_clips_the_gradient_norm_over_every_stepped_parameter():
-    """After a step, the gradients (of all the optimiser's parameters, gates included) have a total
-    norm of ``clip`` when they had more."""
+    """The clip covers every parameter the optimiser steps, gates included: after a step their
+    gradients have a total norm of ``clip`` (they had more)."""
     torch.manual_seed(0)
     model = DynamicRoutingNet(preset("tiny")).train()
     optimizer, _ = build_optimizer(model, TrainConfig(weight_decay=0.0))

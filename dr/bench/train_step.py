@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,6 +16,7 @@ from dr.config import ModelConfig
 from dr.data import build_dataset
 from dr.data.synthetic import IMAGE_SIZE
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
+from dr.training.checkpoint import save_checkpoint
 from dr.training.config import TrainConfig
 from dr.training.train import PlannedBatches, build_optimizer, sgd, training_step
 
@@ -49,12 +53,14 @@ def train_step_benchmark(
     the training loop loads it. At that size a last variant, ``loop``, is one iteration of the
     training loop as ``python -m dr train`` runs it with the tutorial's recipe (what ``make run``
     trains): the batch drawn from the sample plan, :func:`dr.training.train.training_step` (forward,
-    losses, backward, gradient clipping, the SGD step with weight decay, the numbers it logs) and the
-    learning-rate schedule's step, on a model of ``config`` with full-resolution gates; ``loop_over_raw``
-    sets it against the bare step of the same network (``raw``). Not in it: the progress bar, a log
-    line every 10 iterations and a checkpoint every ``checkpoint_every`` (``checkpoint_ms`` is one save of
-    the model, optimiser and schedule). Freed memory stays in the process (:func:`dr.allocator.keep_freed_memory`),
-    as on the command line.
+    losses, backward, gradient clipping, the SGD step with weight decay, the numbers it logs) and
+    the learning-rate schedule's step, on a model of ``config`` with full-resolution gates.
+    ``loop_over_raw`` sets it against the bare step of the same network (``raw``). It runs in
+    float32 like the other variants, so that the ratio is what the loop adds (on CUDA, ``train``
+    runs the step in bf16 autocast). Not in it: the progress bar, a log line every 10 iterations
+    and a checkpoint every ``checkpoint_every`` (``checkpoint_ms`` is one save of the model,
+    optimiser and schedule). Freed memory stays in the process
+    (:func:`dr.allocator.keep_freed_memory`), as on the command line.
     """
     keep_freed_memory()
     device = torch.device(device)
@@ -151,12 +157,6 @@ def train_step_benchmark(
 def checkpoint_seconds(model, optimizer, scheduler, times: int = 3) -> float:
     """The median time of saving what the training loop checkpoints (weights, optimiser and schedule,
     atomically with :func:`dr.training.checkpoint.save_checkpoint`) into a temporary folder."""
-    import statistics
-    import tempfile
-    from pathlib import Path
-
-    from dr.training.checkpoint import save_checkpoint
-
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     seconds = []
     with tempfile.TemporaryDirectory() as folder:
