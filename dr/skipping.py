@@ -30,6 +30,11 @@ def _channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def row_index(rows, device) -> torch.Tensor:
+    """Batch rows (a tuple or list of ints, kept on the host) as an index tensor on ``device``."""
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
 def select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The rows ``rows`` of a (B, ...) batch, in ``x``'s own layout.
 
@@ -66,7 +71,7 @@ def add_rows(parts: list[tuple[torch.Tensor, tuple[int, ...]]], rows: tuple[int,
         hwc = _channels_last(total)  # the parts' rows are flattened in the sum's own order
         flat = total.permute(0, 2, 3, 1).view(len(rows), -1) if hwc else total.view(len(rows), -1)
         for y, held in some:
-            at = torch.tensor([position[row] for row in held], device=y.device)
+            at = row_index([position[row] for row in held], y.device)
             flat.index_add_(0, at, (y.permute(0, 2, 3, 1) if hwc else y).reshape(len(y), -1))
     return total
 
@@ -86,9 +91,6 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
     gates: dict[Node, torch.Tensor] = {}
     active: dict[Node, torch.Tensor] = {}
 
-    def index(rows) -> torch.Tensor:
-        return torch.tensor(rows, dtype=torch.long, device=device)
-
     def deliver(path: Path, y: torch.Tensor, rows: tuple[int, ...]) -> None:
         """Send the output of ``path`` for the images ``rows`` where it goes: the next node or the decoder."""
         target = net.space.target(path)
@@ -104,7 +106,7 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
         if not rows:  # no image reaches this node: nothing of it runs
             continue
         x = add_rows(parts, rows)  # X for the images that reach the node
-        some = None if len(rows) == batch else index(rows)
+        some = None if len(rows) == batch else row_index(rows, device)
         mask = None if masks is None else masks[node] if some is None else masks[node].index_select(0, some)
         alpha = net.gate_values(module, x, mask)  # Eq. 2-3
         alpha = x.new_ones(len(rows), len(paths)) if alpha is None else alpha
@@ -113,10 +115,10 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
         idle = [i for i, row in enumerate(opened) if not any(row)]  # Eq. 6: Y_keep = X, nothing computed
         working = [i for i, row in enumerate(opened) if any(row)]  # Eq. 5: the cell is computed for these
         if idle:
-            deliver(paths[0], select_rows(x, index(idle)), tuple(rows[i] for i in idle))
+            deliver(paths[0], select_rows(x, row_index(idle, device)), tuple(rows[i] for i in idle))
             if not working:  # every image passes X on: no cell to compute
                 continue
-            chosen = index(working)  # one index set, used for X and alpha
+            chosen = row_index(working, device)  # one index set, used for X and alpha
             x, alpha = select_rows(x, chosen), alpha.index_select(0, chosen)
         h = module.cell(x)  # Eq. 1 on the working images
         weights = path_weights(alpha)  # alpha_j per image, (n, 1, 1, 1) each
@@ -126,7 +128,7 @@ def skipping_forward(net, images: torch.Tensor, *, route=None):
                 y = module.transforms[path.direction](h)  # T_{s -> j}(H)
                 deliver(path, weights[j] * y, tuple(rows[i] for i in working))  # Eq. 6
             elif take:  # open for some: computed on those only
-                which = index(take)
+                which = row_index(take, device)
                 y = module.transforms[path.direction](select_rows(h, which))
                 deliver(path, weights[j].index_select(0, which) * y, tuple(rows[working[k]] for k in take))
     features = [add_rows(parts, everyone) if parts else None for parts in to_decoder]

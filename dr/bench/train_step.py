@@ -18,7 +18,7 @@ from dr.data.synthetic import IMAGE_SIZE
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
 from dr.training.checkpoint import save_checkpoint
 from dr.training.config import TrainConfig
-from dr.training.train import PlannedBatches, build_optimizer, sgd, training_step
+from dr.training.train import PlannedBatches, build_optimizer, run_state, sgd, training_step
 
 #: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate, layout)
 TRAIN_VARIANTS = {
@@ -58,8 +58,8 @@ def train_step_benchmark(
     ``loop_over_raw`` sets it against the bare step of the same network (``raw``). It runs in
     float32 like the other variants, so that the ratio is what the loop adds (on CUDA, ``train``
     runs the step in bf16 autocast). Not in it: the progress bar, a log line every 10 iterations
-    and a checkpoint every ``checkpoint_every`` (``checkpoint_ms`` is one save of the model,
-    optimiser and schedule). Freed memory stays in the process
+    and a checkpoint every ``checkpoint_every`` (``checkpoint_ms`` is one save of what the loop
+    checkpoints). Freed memory stays in the process
     (:func:`dr.allocator.keep_freed_memory`), as on the command line.
     """
     keep_freed_memory()
@@ -149,15 +149,15 @@ def train_step_benchmark(
         result["data_over_fix"] = result["data_ms"] / result["fix_ms"]
         result["loop_images_per_s"] = batch / (result["loop_ms"] / 1000.0)
         result["loop_over_raw"] = result["loop_ms"] / result["raw_ms"]
-        result["checkpoint_ms"] = 1000.0 * checkpoint_seconds(tutorial, optimizer, scheduler)
+        state = run_state(recipe, tutorial, None, optimizer, scheduler, rounds_total, 0.0)  # what the loop saves
+        result["checkpoint_ms"] = 1000.0 * checkpoint_seconds(state)
         result["checkpoint_every"] = recipe.checkpoint_every  # iterations
     return result
 
 
-def checkpoint_seconds(model, optimizer, scheduler, times: int = 3) -> float:
-    """The median time of saving what the training loop checkpoints (weights, optimiser and schedule,
-    atomically with :func:`dr.training.checkpoint.save_checkpoint`) into a temporary folder."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+def checkpoint_seconds(state: dict, times: int = 3) -> float:
+    """The median time of saving ``state`` (a checkpoint, :func:`dr.training.train.run_state`) as the
+    training loop does (atomically, :func:`dr.training.checkpoint.save_checkpoint`) into a temporary folder."""
     seconds = []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(times):

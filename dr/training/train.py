@@ -505,6 +505,22 @@ def _kept(out: Path) -> str:
     return f"the checkpoint {path}{iteration} is kept: continue with --resume"
 
 
+def run_state(cfg: TrainConfig, model, route, optimizer, scheduler, iteration: int, seconds: float) -> dict:
+    """What a checkpoint holds to resume a run exactly: weights, optimiser, schedule, iteration,
+    training seconds, the RNG states, both configs and the static route."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "iteration": iteration,
+        "seconds": seconds,
+        "rng": _rng_state(),
+        "model_config": model.config.to_dict(),
+        "train_config": cfg.to_dict(),
+        "route": None if route is None else route.to_record(),
+    }
+
+
 def _train_loop(
     cfg: TrainConfig,
     out: Path,
@@ -526,20 +542,7 @@ def _train_loop(
     returns the training seconds. Several processes step together; process 0 alone logs and saves."""
 
     def checkpoint(iteration: int) -> None:
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "iteration": iteration,
-                "seconds": seconds,
-                "rng": _rng_state(),
-                "model_config": model.config.to_dict(),
-                "train_config": cfg.to_dict(),
-                "route": None if route is None else route.to_record(),
-            },
-            out / CHECKPOINT,
-        )
+        save_checkpoint(run_state(cfg, model, route, optimizer, scheduler, iteration, seconds), out / CHECKPOINT)
 
     device = world.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
