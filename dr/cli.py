@@ -196,6 +196,11 @@ def cmd_bench(args) -> int:
             f"mixed / one by one {result['mixed_over_one_by_one']:.3f}  "
             f"(max |diff| {result['max_abs_diff_mixed_vs_one_by_one']:.1e})"
         )
+        print(
+            f"  mixed, floor  {result['mixed_floor_ms']:9.1f} ms  the mixed batch with its rows moved for free "
+            f"(slices, wrong values): mixed_floor_ratio {result['mixed_floor_ratio']:.3f}"
+            + ("" if result["mixed_floor_real_cost_equal"] else " (other work ran: see rows_moved_for_free)")
+        )
     return 0
 
 

@@ -46,6 +46,13 @@ def select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, rows)
 
 
+def zero_rows(like: torch.Tensor, n: int) -> torch.Tensor:
+    """A zero batch of ``n`` rows with the shape, type and layout of ``like``'s rows."""
+    layout = torch.channels_last if _channels_last(like) else torch.contiguous_format
+    total = torch.empty((n, *like.shape[1:]), dtype=like.dtype, device=like.device, memory_format=layout)
+    return total.zero_()
+
+
 def add_rows(parts: list[tuple[torch.Tensor, tuple[int, ...]]], rows: tuple[int, ...]) -> torch.Tensor:
     """The sum of ``parts`` for the images ``rows``: each part is ``(Y, the rows Y holds)``, its rows a
     subset of ``rows``, and the result has one row per image of ``rows`` (zeros where no part adds).
@@ -62,10 +69,7 @@ def add_rows(parts: list[tuple[torch.Tensor, tuple[int, ...]]], rows: tuple[int,
         for y in whole[1:]:
             total = total.add_(y)
     else:
-        first = some[0][0]
-        layout = torch.channels_last if _channels_last(first) else torch.contiguous_format
-        total = torch.empty((len(rows), *first.shape[1:]), dtype=first.dtype, device=first.device, memory_format=layout)
-        total = total.zero_()
+        total = zero_rows(some[0][0], len(rows))
     if some:
         position = {row: i for i, row in enumerate(rows)}
         hwc = _channels_last(total)  # the parts' rows are flattened in the sum's own order

@@ -9,7 +9,10 @@ time. :func:`benchmark` times, side by side in one process and interleaved round
 
 and reports ``cost_ratio`` (route / all-open, paper-convention FLOPs) next to ``latency_ratio``
 and ``latency_masked_ratio``. With a batch of several images it also gives each image a
-different route and compares the batched skipping forward with running the images one by one.
+different route and compares the batched skipping forward with running the images one by one,
+and with its *floor*: the same forward with every gather and scatter of batch rows replaced by a
+slice (:func:`rows_moved_for_free`), which tells how much of the mixed batch's time is moving rows
+and how much the operations themselves take on the smaller groups.
 
 An untrained network in eval mode has meaningless BatchNorm statistics (activations grow with
 depth and saturate the gates), so :func:`calibrate_batchnorm` first runs a few training-mode
@@ -18,12 +21,14 @@ passes on random images, as a trained network would have seen data.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
 import torch
 from torch import nn
 
+from dr import skipping
 from dr.allocator import keep_freed_memory
 from dr.config import ModelConfig
 from dr.model import DynamicRoutingNet, RoutingOutput
@@ -51,6 +56,37 @@ def calibrate_batchnorm(
     for m, momentum in saved.items():
         m.momentum = momentum
     model.train(was_training)
+
+
+def _first_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """:func:`dr.skipping.select_rows` without the gather."""
+    return x[: len(rows)]  # as many rows as asked for, the first ones: a view, nothing copied
+
+
+def _add_first_rows(parts: list, rows: tuple[int, ...]) -> torch.Tensor:
+    """:func:`dr.skipping.add_rows` with every part added into the first rows of the sum."""
+    whole = [y for y, held in parts if len(held) == len(rows)]
+    total = whole[0] if whole else skipping.zero_rows(parts[0][0], len(rows))
+    for y, _ in parts:
+        if y is not total:
+            total[: len(y)].add_(y)  # into the first rows: an add on a slice, no index
+    return total
+
+
+@contextlib.contextmanager
+def rows_moved_for_free():
+    """Within it, :func:`dr.skipping.skipping_forward` takes and adds batch rows as slices of the first
+    rows instead of gathering and scattering them: the same operations on groups of the same sizes,
+    without the data movement. Its values are wrong (other images' rows); only its time means
+    something, the floor of any execution that runs each group as one dense call. The gates still
+    decide what runs, so the same work runs only where they open the same paths on the wrong rows:
+    ``benchmark`` checks that with the real cost."""
+    saved = skipping.select_rows, skipping.add_rows
+    skipping.select_rows, skipping.add_rows = _first_rows, _add_first_rows
+    try:
+        yield
+    finally:
+        skipping.select_rows, skipping.add_rows = saved
 
 
 def median_ms(samples: list[float]) -> float:
@@ -88,8 +124,9 @@ def benchmark(
     - ``all_open_nchw`` and ``route_nchw``: the first two with the same weights in the NCHW layout
       (``nchw_over_channels_last``: what :data:`dr.model.MEMORY_FORMAT` saves);
     - with ``batch > 1``, ``mixed``: each image on its own route (``route_name``, then the other classic
-      routes and the full space, in turn), batched skipping; and ``one_by_one``: the same images and
-      routes one image at a time.
+      routes and the full space, in turn), batched skipping; ``one_by_one``: the same images and
+      routes one image at a time; and ``mixed_floor``: ``mixed`` with rows moved for free
+      (:func:`rows_moved_for_free`; ``mixed_floor_real_cost_equal`` says whether it ran the same work).
 
     Returns a JSON-able dict: the medians, each cost ratio (real FLOPs against all-open) next to its
     latency ratio (``mixed_latency_ratio`` against ``mixed_cost_ratio`` for the mixed batch), the
@@ -130,6 +167,12 @@ def benchmark(
     if batch > 1:
         runs["mixed"] = lambda: forward_in_chunks(model, images, route=mixed, mode="skip", max_pixels=chunk)
         runs["one_by_one"] = one_by_one
+
+        def mixed_floor():
+            with rows_moved_for_free():
+                return forward_in_chunks(model, images, route=mixed, mode="skip", max_pixels=chunk)
+
+        runs["mixed_floor"] = mixed_floor
     with torch.inference_mode():
         outputs = {name: fn() for name, fn in runs.items()}  # warm-up and results
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -185,6 +228,11 @@ def benchmark(
             "mixed_cost_ratio": cost["mixed"] / cost["all_open"],
             "mixed_latency_ratio": ms["mixed"] / ms["all_open"],
             "mixed_latency_ratio_range": spread("mixed"),
+            "mixed_floor_ms": ms["mixed_floor"],
+            "mixed_floor_ratio": ms["mixed_floor"] / ms["all_open"],
+            "mixed_floor_real_cost_equal": bool(
+                torch.allclose(outputs["mixed_floor"].total_real_cost, outputs["mixed"].total_real_cost)
+            ),
             "mixed_over_one_by_one": ms["mixed"] / ms["one_by_one"],
             "max_abs_diff_mixed_vs_one_by_one": float(
                 (outputs["mixed"].logits - outputs["one_by_one"].logits).abs().max()
