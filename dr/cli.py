@@ -199,7 +199,7 @@ def cmd_bench(args) -> int:
         print(
             f"  mixed, floor  {result['mixed_floor_ms']:9.1f} ms  the mixed batch with its rows moved for free "
             f"(slices, wrong values): mixed_floor_ratio {result['mixed_floor_ratio']:.3f}"
-            + ("" if result["mixed_floor_real_cost_equal"] else " (other work ran: see rows_moved_for_free)")
+            + ("" if result["mixed_floor_same_work"] else " (other work ran: see rows_moved_for_free)")
         )
     return 0
 
@@ -231,6 +231,13 @@ def cmd_bench_train(args) -> int:
     for key, label in rows.items():
         ratio = "" if key == "fix" else f"ratio {result[f'{key}_over_fix']:.3f}  "
         print(f"  {label:<29} {result[f'{key}_ms']:9.1f} ms  {ratio}{result[f'{key}_images_per_s']:8.1f} images/s")
+    alone = result["gates_alone_ms"] + result["products_alone_ms"]
+    print(
+        f"  {'gates, Eq. 4 products, alone':<29} {alone:9.1f} ms  floor of the small gate's ratio "
+        f"{result['raw_small_gate_floor_over_fix']:.3f} ({result['gates_alone_count']} gates "
+        f"{result['gates_alone_ms']:.1f} ms, {result['products_alone_count']} products "
+        f"{result['products_alone_ms']:.1f} ms)"
+    )
     ratio = f"ratio {result['data_over_fix']:.3f}" if "data_over_fix" in result else "(at 128x128: no ratio)"
     print(f"  embedded data, one batch      {result['data_ms']:9.1f} ms  {ratio} (generated on the CPU)")
     if "loop_ms" in result:

@@ -7,8 +7,10 @@ import torch
 from conftest import assert_same_output, diversify_gates, randomize_batchnorm, small_config
 from reference import forward_reference, gate_reference
 
-from dr.bench.latency import calibrate_batchnorm
+from dr import skipping
+from dr.bench.latency import _add_first_rows, _first_rows, calibrate_batchnorm, rows_moved_for_free, same_work
 from dr.cell import DownTransform
+from dr.config import preset
 from dr.gate import SoftConditionalGate
 from dr.gate_fast import FastSoftConditionalGate
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
@@ -319,6 +321,51 @@ def test_rows_are_selected_and_added_as_index_select_and_index_add_do_in_the_ten
     out = add_rows(parts, rows)
     torch.testing.assert_close(out, expected_twice)
     assert out.is_contiguous(memory_format=layout)
+
+
+def test_rows_moved_for_free_runs_the_same_work_on_the_wrong_rows_and_is_undone():
+    """bench's floor of a mixed batch: the same gates open the same paths, so the same work runs
+    (equal real cost and gate pattern), but rows are sliced, not gathered, so the logits differ; and
+    dr.skipping gets its own functions back, also after an error."""
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(preset("tiny", gate_init="small"))  # every gate open: the routes decide
+    calibrate_batchnorm(model, 64, 64)
+    model.eval()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    routes = [named_route(name, model.space) for name in ("fcn32s", "full", "unet", "deeplabv3")]
+    own = skipping.select_rows, skipping.add_rows
+    with torch.inference_mode():
+        true = model(images, route=routes)
+        with rows_moved_for_free():
+            assert (skipping.select_rows, skipping.add_rows) != own
+            floor = model(images, route=routes)
+        assert (skipping.select_rows, skipping.add_rows) == own
+        assert torch.equal(floor.total_real_cost, true.total_real_cost)
+        assert all(torch.equal(floor.gates[n] > 0, true.gates[n] > 0) for n in true.gates)
+        assert all(torch.equal(floor.active[n], true.active[n]) for n in true.active)
+        assert (floor.logits - true.logits).abs().max() > 1e-3  # other images' rows: other values
+        assert same_work(floor, true) and not same_work(model(images, route=routes[::-1]), true)
+        with pytest.raises(RuntimeError, match="inside"), rows_moved_for_free():
+            raise RuntimeError("inside")
+        assert (skipping.select_rows, skipping.add_rows) == own
+
+
+def test_the_floors_stand_ins_slice_the_first_rows_without_copying():
+    x = torch.randn(6, 5, 4, 3).contiguous(memory_format=torch.channels_last)
+    picked = _first_rows(x, torch.tensor([4, 1, 3]))
+    assert picked.shape == (3, 5, 4, 3) and picked.data_ptr() == x.data_ptr()  # a view: nothing moved
+    rows = (0, 1, 3, 4, 5)
+    whole, some, other = torch.randn(5, 5, 4, 3), torch.randn(3, 5, 4, 3), torch.randn(1, 5, 4, 3)
+    expected = whole.clone()
+    expected[:3] += some
+    expected[:1] += other
+    first = whole.clone()
+    out = _add_first_rows([(other, (3,)), (first, rows), (some, (1, 4, 5))], rows)
+    assert out is first  # into the whole part, in place
+    torch.testing.assert_close(out, expected)  # (sums in another order: float rounding)
+    out = _add_first_rows([(some, (1, 4, 5)), (other, (3,))], rows)  # no whole part: a zero buffer
+    torch.testing.assert_close(out[:3], some + torch.cat([other, torch.zeros(2, 5, 4, 3)]))
+    assert torch.equal(out[3:], torch.zeros(2, 5, 4, 3))
 
 
 def test_every_convolution_of_a_mixed_batch_runs_channels_last(images):

@@ -15,6 +15,7 @@ from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
 from dr.data import build_dataset
 from dr.data.synthetic import IMAGE_SIZE
+from dr.gate import path_weights
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
 from dr.training.checkpoint import save_checkpoint
 from dr.training.config import TrainConfig
@@ -28,6 +29,57 @@ TRAIN_VARIANTS = {
     "raw": (dict(), True, MEMORY_FORMAT),  # Dynamic-Raw with full-resolution gates
     "fix_nchw": (dict(activation="fix"), True, torch.contiguous_format),  # Network-Fix in NCHW (what the layout saves)
 }
+
+
+def gate_work_alone(model: DynamicRoutingNet, images: torch.Tensor):
+    """Two functions that each time, forward and backward, one part of what a gated network adds to
+    Network-Fix's training step, alone: ``gates()`` every gate of ``model`` on the input X it gets
+    in a forward of ``images`` (gradients to X and to the gate's parameters, as in the step), and
+    ``products()`` every product alpha_j * T_{s -> j}(H) of Eq. 4 (gradients to both factors). Their
+    inputs are captured once, from one forward, and kept as leaves; nothing else of the network runs.
+    Returns ``(gates, products, number of gates, number of products)``.
+
+    Network-Fix's step plus these two is the gated step's floor: what it would take if its gates and
+    products cost no more inside the network than alone, and nothing else were added (the autograd
+    graph's own bookkeeping, the expected cost, the bypass)."""
+    captured = []  # (node module, its X, its alpha), node by node
+
+    def capture(module, args, _) -> None:
+        captured.append((module, args[0].detach(), args[1].detach()))  # RoutingNode(x, alpha, drop_prob)
+
+    hooks = [node.register_forward_hook(capture) for node in model.nodes.values()]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    gate_inputs = [(module.gate, x.clone().requires_grad_()) for module, x, _ in captured]
+    gate_parameters = [p for module, _, _ in captured for p in module.gate.parameters()]
+    products = []
+    with torch.no_grad():
+        for module, x, alpha in captured:
+            h = module.cell(x)
+            ys = [module.transforms[d](h).requires_grad_() for d in module.directions]
+            products.append((alpha.clone().requires_grad_(), ys))
+    leaves = [x for _, x in gate_inputs] + [a for a, _ in products] + [y for _, ys in products for y in ys]
+    alpha_grads = [torch.ones_like(alpha) for _, _, alpha in captured]  # d(loss)/d(alpha), as if given
+    y_grads = [torch.ones_like(y) for _, ys in products for y in ys]  # d(loss)/d(Y_j)
+
+    def forget_gradients() -> None:  # as zero_grad(set_to_none=True) does before the step's backward
+        for t in (*leaves, *gate_parameters):
+            t.grad = None
+
+    def gates() -> None:
+        forget_gradients()
+        torch.autograd.backward([gate(x) for gate, x in gate_inputs], alpha_grads)
+
+    def eq4_products() -> None:
+        forget_gradients()
+        outputs = [w * y for alpha, ys in products for w, y in zip(path_weights(alpha), ys)]
+        torch.autograd.backward(outputs, y_grads)
+
+    return gates, eq4_products, len(gate_inputs), len(y_grads)
 
 
 def train_step_benchmark(
@@ -49,6 +101,9 @@ def train_step_benchmark(
     the ratios to Network-Fix are what to read (``raw_small_gate_plain``: the model with
     :mod:`dr.gate`'s plain gate, which the model's fast gate replaces). The loss includes the
     expected cost (as the budget loss would) so the gated variants pay for its graph too.
+    ``gates_alone`` and ``products_alone`` time the small-gate network's gates and Eq. 4's products
+    alone (:func:`gate_work_alone`), in the same rounds; ``raw_small_gate_floor_over_fix`` is
+    Network-Fix's step plus both, over Network-Fix's step: the floor of ``raw_small_gate_over_fix``.
     ``data_ms`` is the time to generate one batch of the embedded data (128 x 128, augmented), as
     the training loop loads it. At that size a last variant, ``loop``, is one iteration of the
     training loop as ``python -m dr train`` runs it with the tutorial's recipe (what ``make run``
@@ -95,6 +150,10 @@ def train_step_benchmark(
 
     timers = {name: (lambda _, pair=pair: step(*pair)) for name, pair in runs.items()}  # each called with the round
     timers["data"] = load_batch
+    # the small-gate step's floor: Network-Fix's step plus its gates and Eq. 4's products, each timed alone
+    gates, products, gate_count, product_count = gate_work_alone(runs["raw_small_gate"][0], images)
+    timers["gates_alone"] = lambda _: timed(gates, device)
+    timers["products_alone"] = lambda _: timed(products, device)
     loop = (height, width) == IMAGE_SIZE  # the embedded data comes at one size: the loop runs at that size only
     if loop:
         tutorial = DynamicRoutingNet(config).to(device).train()
@@ -144,6 +203,9 @@ def train_step_benchmark(
     for name in runs:
         if name != "fix":
             result[f"{name}_over_fix"] = result[f"{name}_ms"] / result["fix_ms"]
+    result["gates_alone_count"], result["products_alone_count"] = gate_count, product_count
+    floor = result["fix_ms"] + result["gates_alone_ms"] + result["products_alone_ms"]
+    result["raw_small_gate_floor_over_fix"] = floor / result["fix_ms"]
     if loop:
         # generating a batch of embedded images (128 x 128) against the cheapest training step of that size
         result["data_over_fix"] = result["data_ms"] / result["fix_ms"]
