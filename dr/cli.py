@@ -236,7 +236,8 @@ def cmd_bench_train(args) -> int:
         f"  {'gates, Eq. 4 products, alone':<29} {alone:9.1f} ms  floor of the small gate's ratio "
         f"{result['raw_small_gate_floor_over_fix']:.3f} ({result['gates_alone_count']} gates "
         f"{result['gates_alone_ms']:.1f} ms, {result['products_alone_count']} products "
-        f"{result['products_alone_ms']:.1f} ms)"
+        f"{result['products_alone_ms']:.1f} ms); plain gates {result['plain_gates_alone_ms']:.1f} ms, "
+        f"floor {result['raw_small_gate_plain_floor_over_fix']:.3f}"
     )
     ratio = f"ratio {result['data_over_fix']:.3f}" if "data_over_fix" in result else "(at 128x128: no ratio)"
     print(f"  embedded data, one batch      {result['data_ms']:9.1f} ms  {ratio} (generated on the CPU)")

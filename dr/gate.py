@@ -84,6 +84,11 @@ def gate_input_size(height: int, width: int, small: bool) -> tuple[int, int]:
     return max(1, height // 4), max(1, width // 4)
 
 
+def small_gate_input(x: torch.Tensor) -> torch.Tensor:
+    """X down-sampled bilinearly by 4 per side: the small gate's input (Sec. 3.4)."""
+    return F.interpolate(x, size=gate_input_size(*x.shape[-2:], True), mode="bilinear", align_corners=False)
+
+
 class SoftConditionalGate(nn.Module):
     """alpha = delta(G(X)) with G from Eq. 2; maps X (B, C, H, W) to alpha (B, num_paths).
 
@@ -130,7 +135,7 @@ class SoftConditionalGate(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """G of Eq. 2, shape (B, P)."""
         if self.small:  # X down-sampled by 4 per side (Sec. 3.4)
-            x = F.interpolate(x, size=gate_input_size(*x.shape[-2:], True), mode="bilinear", align_corners=False)
+            x = small_gate_input(x)
         g = F.relu(self.norm(self.reduce(x)))  # sigma(N(F(w1, X))): (B, C/2, h, w)
         g = g.mean(dim=(2, 3), keepdim=True)  # GAP: (B, C/2, 1, 1)
         return self.logit(g).flatten(1)  # F(w2, .) + beta: (B, P)

@@ -446,26 +446,36 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
     assert "data_over_fix" not in result  # 64x64 steps against 128x128 images: no ratio
     alone = result["gates_alone_ms"] + result["products_alone_ms"]
     assert result["raw_small_gate_floor_over_fix"] == pytest.approx(1 + alone / result["fix_ms"])
+    plain = result["plain_gates_alone_ms"] + result["products_alone_ms"]
+    assert result["raw_small_gate_plain_floor_over_fix"] == pytest.approx(1 + plain / result["fix_ms"])
     assert result["gates_alone_count"] == 30 and result["products_alone_count"] == 69  # tiny: 30 nodes, 69 paths
 
 
 def test_the_small_gate_floor_times_every_gate_and_product_forward_and_backward():
     """bench-train's floor runs each gate of the network on the X it gets, and each Eq. 4 product,
-    with their backward passes: the gates' parameters get gradients from ``gates()`` alone."""
+    with their backward passes: gradients reach X and the gates' parameters from ``gates()``, alpha
+    and T(H) from ``products()`` (d/d alpha_j of sum(alpha_j * Y_j) = sum(Y_j) per image)."""
     from dr.bench.train_step import gate_work_alone
 
     torch.manual_seed(0)
     model = DynamicRoutingNet(preset("tiny", small_gate=True)).train()
-    gates, products, gate_count, product_count = gate_work_alone(model, torch.randn(2, 3, 64, 64))
-    assert gate_count == len(model.nodes) == 30
-    assert product_count == sum(len(model.space.paths_out(n)) for n in model.space.nodes) == 69
-    parameters = [p for node in model.nodes.values() for p in node.gate.parameters()]
-    assert all(p.grad is None for p in parameters)  # capturing the inputs ran no backward
-    gates()
-    assert all(p.grad is not None for p in parameters)
-    assert sum(float(p.grad.abs().sum()) for p in parameters) > 0
-    products()  # forgets the gates' gradients first, as zero_grad(set_to_none=True) before a step
-    assert all(p.grad is None for p in parameters)
+    running = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    work = gate_work_alone(model, torch.randn(2, 3, 64, 64))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in running.items())  # it ran on a copy
+    assert len(work.xs) == len(model.nodes) == 30
+    assert len(work.ys) == sum(len(model.space.paths_out(n)) for n in model.space.nodes) == 69
+    assert [a.shape for a in work.alphas] == [(2, len(model.space.paths_out(n))) for n in model.space.nodes]
+    work.gates()
+    assert all(x.grad is not None and x.grad.shape == x.shape for x in work.xs)
+    assert all(a.grad is None for a in work.alphas) and float(work.xs[5].grad.abs().sum()) > 0
+    first = work.xs[5].grad.clone()
+    work.gates()  # forgets its gradients first, as zero_grad(set_to_none=True) before a step: no sum of two
+    torch.testing.assert_close(work.xs[5].grad, first)
+    work.products()
+    assert all(y.grad is not None for y in work.ys)
+    node_ys = work.ys[: work.alphas[0].shape[1]]  # the first node's paths
+    expected = torch.stack([y.detach().sum(dim=(1, 2, 3)) for y in node_ys], dim=1)
+    torch.testing.assert_close(work.alphas[0].grad, expected)
 
 
 def test_bench_train_prints_every_variant_with_its_throughput(capsys):
@@ -479,6 +489,7 @@ def test_bench_train_prints_every_variant_with_its_throughput(capsys):
     assert "training loop" not in out  # the loop draws the embedded data, which comes at 128 x 128 only
     line = next(line for line in out.splitlines() if "gates, Eq. 4 products, alone" in line)
     assert "floor of the small gate's ratio" in line and "(30 gates" in line and "69 products" in line, line
+    assert "plain gates" in line, line
 
 
 def test_bench_train_times_the_tutorial_loop_beside_its_bare_step(capsys):
