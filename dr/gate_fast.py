@@ -14,18 +14,19 @@ equivalent computations avoid the convolution kernels:
 The small gate's bilinear down-sampling by 4 is the plain gate's (:func:`dr.gate.small_gate_input`).
 With ``align_corners=False`` and an exact factor of 4 it equals a 2x2 average pool of stride 4
 started at offset 1 (output pixel i samples input position 4i + 1.5), which this gate used until
-it was timed alone: on channels-last features ``F.interpolate`` takes a half to a seventeenth of
-the pool's time (2 threads; forward and backward, 0.08 against 1.31 ms for a batch of 2 x 64 x 64 x 64,
-0.05 against 0.22 ms for tiny's 8 x 16 x 32 x 32).
+it was timed alone: on channels-last features the pool takes 2-12 times as long as
+``F.interpolate`` forward and 4-17 times forward and backward (2 threads; forward 0.030 against
+0.013 ms for tiny's 8 x 16 x 32 x 32, forward and backward 0.22 against 0.05 ms there and 1.31
+against 0.08 ms for 2 x 64 x 64 x 64).
 
 Measured with torch 2.14 on the 2-core CPU machine, in one process each (``python -m dr
 bench-train --preset tiny``, whose ``raw_small_gate_plain`` row is the plain gate; README,
 "Training: what was measured"): a training step of Dynamic-Raw (small gate) over Network-Fix takes
 1.26 with this computation against 1.33 with the plain one at 2 threads, but 1.26 against 1.19 at
 one thread, where a convolution wakes no threads. So in training (autograd recording) with one
-thread the plain computation runs (measured again with the interpolation, one gate's forward and
-backward at one thread over tiny's four scales, batch 8: 1.21 ms plain against 1.25 ms this way;
-at two threads 2.51 against 1.37). At inference this one is as fast as or faster than a matrix
+thread the plain computation runs (measured again with the interpolation: four small gates, one
+at each of tiny's scales, batch 8, forward and backward together take 1.21 ms plain against 1.25 ms
+this way at one thread, 2.51 against 1.37 ms at two). At inference this one is as fast as or faster than a matrix
 product on the NCHW layout, ``matmul(w1, x.reshape(B, C, h * w))`` (6.7 against 10.3 ms for a full-resolution gate on a
 1 x 64 x 128 x 256 input, 2 threads).
 

@@ -56,7 +56,7 @@ def two_threads():
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softmax"])
 @pytest.mark.parametrize("small", [False, True])
-@pytest.mark.parametrize("size", [(12, 20), (13, 22)])  # sides that are / are not multiples of 4
+@pytest.mark.parametrize("size", [(12, 20), (13, 22)])  # the small gate's input: 3x5 from either
 def test_fast_gate_equals_the_plain_gate_in_value_and_gradient(two_threads, activation, small, size):
     """dr.gate_fast computes dr.gate's function with the same parameters, only faster (with two
     threads its own computation runs in training too)."""

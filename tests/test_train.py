@@ -465,17 +465,23 @@ def test_the_small_gate_floor_times_every_gate_and_product_forward_and_backward(
     assert len(work.xs) == len(model.nodes) == 30
     assert len(work.ys) == sum(len(model.space.paths_out(n)) for n in model.space.nodes) == 69
     assert [a.shape for a in work.alphas] == [(2, len(model.space.paths_out(n))) for n in model.space.nodes]
+    parameters = [p for node in model.nodes.values() for p in node.gate.parameters()]
+    assert len(work.parameters) == len(parameters) == 30 * 5  # two weights, the logit bias, BN's two
     work.gates()
     assert all(x.grad is not None and x.grad.shape == x.shape for x in work.xs)
+    assert all(p.grad is not None for p in work.parameters) and float(work.parameters[0].grad.abs().sum()) > 0
     assert all(a.grad is None for a in work.alphas) and float(work.xs[5].grad.abs().sum()) > 0
-    first = work.xs[5].grad.clone()
+    first, first_weight = work.xs[5].grad.clone(), work.parameters[0].grad.clone()
     work.gates()  # forgets its gradients first, as zero_grad(set_to_none=True) before a step: no sum of two
     torch.testing.assert_close(work.xs[5].grad, first)
-    work.products()
-    assert all(y.grad is not None for y in work.ys)
+    torch.testing.assert_close(work.parameters[0].grad, first_weight)
     node_ys = work.ys[: work.alphas[0].shape[1]]  # the first node's paths
     expected = torch.stack([y.detach().sum(dim=(1, 2, 3)) for y in node_ys], dim=1)
-    torch.testing.assert_close(work.alphas[0].grad, expected)
+    for _ in range(2):  # twice: each call starts from no gradient, and leaves the gates' alone
+        work.products()
+        assert all(y.grad is not None for y in work.ys)
+        torch.testing.assert_close(work.alphas[0].grad, expected)
+        torch.testing.assert_close(work.xs[5].grad, first)
 
 
 def test_bench_train_prints_every_variant_with_its_throughput(capsys):

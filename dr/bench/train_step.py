@@ -37,12 +37,13 @@ TRAIN_VARIANTS = {
 @dataclass
 class GateWork:
     """What a gated network adds to Network-Fix's training step, as two timed calls (see
-    :func:`gate_work_alone`) and the leaves they differentiate: each gate's input X, each node's
-    alpha (B, P), and each path's T_{s -> j}(H)."""
+    :func:`gate_work_alone`) and what they differentiate: each gate's input X and parameters, each
+    node's alpha (B, P), and each path's T_{s -> j}(H)."""
 
     gates: Callable[[], None]
     products: Callable[[], None]
     xs: list[torch.Tensor]
+    parameters: list[torch.Tensor]
     alphas: list[torch.Tensor]
     ys: list[torch.Tensor]
 
@@ -101,7 +102,7 @@ def gate_work_alone(model: DynamicRoutingNet, images: torch.Tensor) -> GateWork:
         outputs = [w * y for alpha, node_ys in products for w, y in zip(path_weights(alpha), node_ys)]
         torch.autograd.backward(outputs, y_grads)
 
-    return GateWork(gates, eq4_products, xs, alphas, ys)
+    return GateWork(gates, eq4_products, xs, gate_parameters, alphas, ys)
 
 
 def train_step_benchmark(
