@@ -75,34 +75,46 @@ def gate_work_alone(model: DynamicRoutingNet, images: torch.Tensor) -> GateWork:
     finally:
         for hook in hooks:
             hook.remove()
-    gate_inputs = [(module.gate, x.clone().requires_grad_()) for module, x, _ in captured]
-    gate_parameters = [p for module, _, _ in captured for p in module.gate.parameters()]
+    xs = [x.clone().requires_grad_() for _, x, _ in captured]
     products = []
     with torch.no_grad():
         for module, x, alpha in captured:
             h = module.cell(x)
             ys = [module.transforms[d](h).requires_grad_() for d in module.directions]
             products.append((alpha.clone().requires_grad_(), ys))
-    xs = [x for _, x in gate_inputs]
     alphas = [alpha for alpha, _ in products]
     ys = [y for _, node_ys in products for y in node_ys]
-    alpha_grads = [torch.ones_like(alpha) for alpha in alphas]  # d(loss)/d(alpha), as if given
     y_grads = [torch.ones_like(y) for y in ys]  # d(loss)/d(Y_j)
-
-    def forget(tensors: list[torch.Tensor]) -> None:
-        for t in tensors:
-            t.grad = None
-
-    def gates() -> None:
-        forget(xs + gate_parameters)
-        torch.autograd.backward([gate(x) for gate, x in gate_inputs], alpha_grads)
+    gates = [module.gate for module, _, _ in captured]
 
     def eq4_products() -> None:
-        forget(alphas + ys)
+        _forget(alphas + ys)
         outputs = [w * y for alpha, node_ys in products for w, y in zip(path_weights(alpha), node_ys)]
         torch.autograd.backward(outputs, y_grads)
 
-    return GateWork(gates, eq4_products, xs, gate_parameters, alphas, ys)
+    parameters = [p for gate in gates for p in gate.parameters()]
+    return GateWork(gates_call(gates, xs, alphas), eq4_products, xs, parameters, alphas, ys)
+
+
+def _forget(tensors: list[torch.Tensor]) -> None:
+    """Drop the gradients, as ``zero_grad(set_to_none=True)`` does before a step's backward."""
+    for t in tensors:
+        t.grad = None
+
+
+def gates_call(gates: list[nn.Module], xs: list[torch.Tensor], alphas: list[torch.Tensor]) -> Callable[[], None]:
+    """A call that runs ``gates[i](xs[i])`` for every i, forward and backward (gradients to each X
+    and to the gates' parameters, d(loss)/d(alpha) = 1; ``alphas`` give alpha's shapes), after
+    forgetting those gradients. ``bench-train`` gives it :func:`gate_work_alone`'s X to time a
+    second network's gates (the plain ones) on the same inputs."""
+    parameters = [p for gate in gates for p in gate.parameters()]
+    alpha_grads = [torch.ones_like(alpha) for alpha in alphas]
+
+    def call() -> None:
+        _forget(xs + parameters)
+        torch.autograd.backward([gate(x) for gate, x in zip(gates, xs)], alpha_grads)
+
+    return call
 
 
 def train_step_benchmark(
@@ -175,9 +187,10 @@ def train_step_benchmark(
     timers = {name: (lambda _, pair=pair: step(*pair)) for name, pair in runs.items()}  # each called with the round
     timers["data"] = load_batch
     # the small-gate step's floor: Network-Fix's step plus its gates and Eq. 4's products, each timed
-    # alone; with the fast gate (the model's) and the plain one (the products are the same)
+    # alone; with the fast gate (the model's) and the plain one (on the same X; the products are the same)
     work = gate_work_alone(runs["raw_small_gate"][0], images)
-    plain_gates = gate_work_alone(runs["raw_small_gate_plain"][0], images).gates
+    plain = copy.deepcopy(runs["raw_small_gate_plain"][0])  # its BatchNorm statistics are the step's
+    plain_gates = gates_call([node.gate for node in plain.nodes.values()], work.xs, work.alphas)
     timers["gates_alone"] = lambda _: timed(work.gates, device)
     timers["plain_gates_alone"] = lambda _: timed(plain_gates, device)
     timers["products_alone"] = lambda _: timed(work.products, device)
