@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -439,7 +440,7 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
         run_cli("bench-train", "--preset", "tiny", "--size", "64x64", "--batch", "2", "--repeats", "2", "--json") == 0
     )
     result = json.loads(capsys.readouterr().out)
-    for name in ("fix", "raw_small_gate", "raw_small_gate_plain", "raw", "fix_nchw", "data"):
+    for name in ("fix", "raw_small_gate", "raw_small_gate_plain", "raw", "fix_nchw", "raw_small_gate_constant", "data"):
         assert result[f"{name}_ms"] > 0
     assert result["raw_small_gate_over_fix"] == pytest.approx(result["raw_small_gate_ms"] / result["fix_ms"])
     assert result["fix_images_per_s"] == pytest.approx(2 / (result["fix_ms"] / 1000)) and result["device"] == "cpu"
@@ -449,6 +450,40 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
     plain = result["plain_gates_alone_ms"] + result["products_alone_ms"]
     assert result["raw_small_gate_plain_floor_over_fix"] == pytest.approx(1 + plain / result["fix_ms"])
     assert result["gates_alone_count"] == 30 and result["products_alone_count"] == 69  # tiny: 30 nodes, 69 paths
+    inside = result["raw_small_gate_ms"] - result["raw_small_gate_constant_ms"]
+    assert result["small_gates_in_step_over_fix"] == pytest.approx(inside / result["fix_ms"])
+
+
+def test_constant_gates_change_the_gates_and_nothing_else():
+    """bench-train's ``raw_small_gate_constant``: every gate replaced by a learned constant per path,
+    alpha = max(0, tanh(beta)) for every image. The network then computes what the gated network
+    computes when its gates output that constant (forward hooks below), and its step differentiates
+    the constants."""
+    from dr.bench.train_step import ConstantGate, with_constant_gates
+    from dr.gate import SoftConditionalGate
+
+    torch.manual_seed(0)
+    gated = DynamicRoutingNet(preset("tiny", small_gate=True)).train()
+    constant = with_constant_gates(copy.deepcopy(gated))
+    assert all(isinstance(node.gate, ConstantGate) for node in constant.nodes.values())
+    assert not any(isinstance(m, SoftConditionalGate) for m in constant.modules())
+    alpha = math.tanh(gated.config.gate_bias)
+    hooks = [
+        node.gate.register_forward_hook(lambda _, args, out: torch.full_like(out, alpha))
+        for node in gated.nodes.values()
+    ]
+    images = torch.randn(2, 3, 64, 64)
+    want = gated(images)
+    for hook in hooks:
+        hook.remove()
+    got = constant(images)
+    assert all(torch.equal(g, torch.full_like(g, alpha)) for g in got.gates.values())
+    torch.testing.assert_close(got.logits, want.logits)
+    torch.testing.assert_close(got.expected_cost, want.expected_cost)
+    got.logits.square().mean().backward()
+    for node in constant.nodes.values():  # one logit per path, each with its gradient
+        assert node.gate.logit.shape == (len(node.directions),) and node.gate.logit.grad is not None
+    assert float(next(iter(constant.nodes.values())).gate.logit.grad.abs().sum()) > 0
 
 
 def test_the_small_gate_floor_times_every_gate_and_product_forward_and_backward():
@@ -489,13 +524,15 @@ def test_bench_train_prints_every_variant_with_its_throughput(capsys):
     out = capsys.readouterr().out
     assert "CPU, " in out.splitlines()[0]
     labels = ("Network-Fix", "Dynamic-Raw, small gate", "the same, plain dr.gate", "Dynamic-Raw, full-res gate")
-    for label in (*labels, "Network-Fix, NCHW layout"):
+    for label in (*labels, "Network-Fix, NCHW layout", "small gate, gates constant"):
         line = next(line for line in out.splitlines() if label in line)
         assert line.rstrip().endswith("images/s"), line
     assert "training loop" not in out  # the loop draws the embedded data, which comes at 128 x 128 only
     line = next(line for line in out.splitlines() if "gates, Eq. 4 products, alone" in line)
     assert "floor of the small gate's ratio" in line and "(30 gates" in line and "69 products" in line, line
     assert "plain gates" in line, line
+    line = next(line for line in out.splitlines() if "the small gates in the step" in line)
+    assert "of Network-Fix's step" in line, line
 
 
 def test_bench_train_times_the_tutorial_loop_beside_its_bare_step(capsys):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dr.allocator import keep_freed_memory
@@ -31,7 +32,33 @@ TRAIN_VARIANTS = {
     "raw_small_gate_plain": (dict(small_gate=True), False, MEMORY_FORMAT),  # with dr.gate's plain gate (what it saves)
     "raw": (dict(), True, MEMORY_FORMAT),  # Dynamic-Raw with full-resolution gates
     "fix_nchw": (dict(activation="fix"), True, torch.contiguous_format),  # Network-Fix in NCHW (what the layout saves)
+    # the small-gate network with every gate replaced by a ConstantGate: its step without the gates' own work
+    "raw_small_gate_constant": (dict(small_gate=True), True, MEMORY_FORMAT),
 }
+#: the variants whose gates are replaced by :class:`ConstantGate`
+CONSTANT_GATES = ("raw_small_gate_constant",)
+
+
+class ConstantGate(nn.Module):
+    """A gate that does not look at X: alpha = max(0, tanh(beta)) per path, the same for every image,
+    one learned logit beta per path (initialised to the gates' 1.5). A network with these in place of
+    its gates still runs everything else the gates bring into the training step (Eq. 4's products,
+    the bypass test, the expected cost and their backward), so its step against the real one's is
+    what the gates' own work costs inside the step."""
+
+    def __init__(self, num_paths: int, bias: float = 1.5):
+        super().__init__()
+        self.logit = nn.Parameter(torch.full((num_paths,), float(bias)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(torch.tanh(self.logit)).expand(len(x), -1)  # (B, P)
+
+
+def with_constant_gates(model: DynamicRoutingNet) -> DynamicRoutingNet:
+    """``model`` with each node's gate replaced, in place, by a :class:`ConstantGate` of its paths."""
+    for node in model.nodes.values():
+        node.gate = ConstantGate(len(node.directions), model.config.gate_bias).to(next(model.parameters()).device)
+    return model
 
 
 @dataclass
@@ -140,6 +167,10 @@ def train_step_benchmark(
     alone (:func:`gate_work_alone`), in the same rounds (``plain_gates_alone``: the plain gates);
     ``raw_small_gate_floor_over_fix`` is Network-Fix's step plus both, over Network-Fix's step: the
     floor of ``raw_small_gate_over_fix`` (``raw_small_gate_plain_floor_over_fix`` with the plain gates).
+    ``raw_small_gate_constant`` is the small-gate network with every gate replaced by a
+    :class:`ConstantGate` (everything else the gates bring into the step still runs), and
+    ``small_gates_in_step_over_fix`` the small-gate step minus that one, over Network-Fix's step: what
+    the gates' own work costs inside the step, measured there rather than alone.
     ``data_ms`` is the time to generate one batch of the embedded data (128 x 128, augmented), as
     the training loop loads it. At that size a last variant, ``loop``, is one iteration of the
     training loop as ``python -m dr train`` runs it with the tutorial's recipe (what ``make run``
@@ -161,6 +192,8 @@ def train_step_benchmark(
     runs = {}
     for name, (overrides, fast_gate, layout) in TRAIN_VARIANTS.items():
         model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate, memory_format=layout)
+        if name in CONSTANT_GATES:
+            model = with_constant_gates(model)
         model = model.to(device).train()
         optimizer = sgd(model.parameters(), lr=1e-3, momentum=0.9)  # as the training loop builds it
         runs[name] = (model, optimizer)
@@ -247,6 +280,9 @@ def train_step_benchmark(
     for variant, gates in (("raw_small_gate", "gates_alone"), ("raw_small_gate_plain", "plain_gates_alone")):
         floor = result["fix_ms"] + result[f"{gates}_ms"] + result["products_alone_ms"]
         result[f"{variant}_floor_over_fix"] = floor / result["fix_ms"]
+    # the small gates' own work inside the step, as a share of Network-Fix's step
+    inside = result["raw_small_gate_ms"] - result["raw_small_gate_constant_ms"]
+    result["small_gates_in_step_over_fix"] = inside / result["fix_ms"]
     if loop:
         # generating a batch of embedded images (128 x 128) against the cheapest training step of that size
         result["data_over_fix"] = result["data_ms"] / result["fix_ms"]
