@@ -451,23 +451,25 @@ def test_bench_train_reports_step_times_and_ratios(capsys):
     assert result["raw_small_gate_plain_floor_over_fix"] == pytest.approx(1 + plain / result["fix_ms"])
     assert result["gates_alone_count"] == 30 and result["products_alone_count"] == 69  # tiny: 30 nodes, 69 paths
     inside = result["raw_small_gate_ms"] - result["raw_small_gate_constant_ms"]
+    assert result["small_gates_in_step_ms"] == pytest.approx(inside)
     assert result["small_gates_in_step_over_fix"] == pytest.approx(inside / result["fix_ms"])
 
 
-def test_constant_gates_change_the_gates_and_nothing_else():
+@pytest.mark.parametrize("bias", [0.7, -0.5])
+def test_constant_gates_change_the_gates_and_nothing_else(bias):
     """bench-train's ``raw_small_gate_constant``: every gate replaced by a learned constant per path,
     alpha = max(0, tanh(beta)) for every image. The network then computes what the gated network
     computes when its gates output that constant (forward hooks below), and its step differentiates
-    the constants."""
+    the constants. beta = -0.5 closes every path: both networks then take the bypass everywhere."""
     from dr.bench.train_step import ConstantGate, with_constant_gates
     from dr.gate import SoftConditionalGate
 
     torch.manual_seed(0)
-    gated = DynamicRoutingNet(preset("tiny", small_gate=True)).train()
+    gated = DynamicRoutingNet(preset("tiny", small_gate=True, gate_bias=bias)).train()
     constant = with_constant_gates(copy.deepcopy(gated))
     assert all(isinstance(node.gate, ConstantGate) for node in constant.nodes.values())
     assert not any(isinstance(m, SoftConditionalGate) for m in constant.modules())
-    alpha = math.tanh(gated.config.gate_bias)
+    alpha = max(0.0, math.tanh(bias))
     hooks = [
         node.gate.register_forward_hook(lambda _, args, out: torch.full_like(out, alpha))
         for node in gated.nodes.values()
@@ -477,13 +479,28 @@ def test_constant_gates_change_the_gates_and_nothing_else():
     for hook in hooks:
         hook.remove()
     got = constant(images)
-    assert all(torch.equal(g, torch.full_like(g, alpha)) for g in got.gates.values())
+    for g in got.gates.values():
+        torch.testing.assert_close(g, torch.full_like(g, alpha))
     torch.testing.assert_close(got.logits, want.logits)
     torch.testing.assert_close(got.expected_cost, want.expected_cost)
     got.logits.square().mean().backward()
-    for node in constant.nodes.values():  # one logit per path, each with its gradient
-        assert node.gate.logit.shape == (len(node.directions),) and node.gate.logit.grad is not None
-    assert float(next(iter(constant.nodes.values())).gate.logit.grad.abs().sum()) > 0
+    for node in constant.nodes.values():  # one beta per path, each with its gradient (zero where relu closes it)
+        assert node.gate.beta.shape == (len(node.directions),) and node.gate.beta.grad is not None
+        assert (float(node.gate.beta.grad.abs().sum()) > 0) == (bias > 0)
+
+
+def test_bench_train_builds_each_variant_as_named():
+    from dr.bench.train_step import TRAIN_VARIANTS, ConstantGate, variant_model, with_constant_gates
+    from dr.gate_fast import FastSoftConditionalGate
+
+    config = preset("tiny")
+    kinds = {name: {type(node.gate) for node in variant_model(name, config).nodes.values()} for name in TRAIN_VARIANTS}
+    assert kinds["raw_small_gate_constant"] == {ConstantGate}
+    assert kinds["raw_small_gate"] == kinds["raw"] == {FastSoftConditionalGate}
+    assert kinds["fix"] == kinds["fix_nchw"] == {type(None)}
+    assert variant_model("raw_small_gate", config).config.small_gate
+    with pytest.raises(ValueError, match="without gates"):
+        with_constant_gates(DynamicRoutingNet(preset("tiny", activation="fix")))
 
 
 def test_the_small_gate_floor_times_every_gate_and_product_forward_and_backward():
@@ -524,7 +541,7 @@ def test_bench_train_prints_every_variant_with_its_throughput(capsys):
     out = capsys.readouterr().out
     assert "CPU, " in out.splitlines()[0]
     labels = ("Network-Fix", "Dynamic-Raw, small gate", "the same, plain dr.gate", "Dynamic-Raw, full-res gate")
-    for label in (*labels, "Network-Fix, NCHW layout", "small gate, gates constant"):
+    for label in (*labels, "Network-Fix, NCHW layout", "the same, constant gates"):
         line = next(line for line in out.splitlines() if label in line)
         assert line.rstrip().endswith("images/s"), line
     assert "training loop" not in out  # the loop draws the embedded data, which comes at 128 x 128 only

@@ -25,39 +25,64 @@ from dr.training.checkpoint import save_checkpoint
 from dr.training.config import TrainConfig
 from dr.training.train import PlannedBatches, build_optimizer, run_state, sgd, training_step
 
-#: training variants compared by :func:`train_step_benchmark`: name -> (config overrides, fast gate, layout)
+#: training variants compared by :func:`train_step_benchmark`:
+#: name -> (config overrides, fast gate, layout, gates replaced by :class:`ConstantGate`)
 TRAIN_VARIANTS = {
-    "fix": (dict(activation="fix"), True, MEMORY_FORMAT),  # Network-Fix: no gates
-    "raw_small_gate": (dict(small_gate=True), True, MEMORY_FORMAT),  # Dynamic-Raw, gates on 4x down-sampled features
-    "raw_small_gate_plain": (dict(small_gate=True), False, MEMORY_FORMAT),  # with dr.gate's plain gate (what it saves)
-    "raw": (dict(), True, MEMORY_FORMAT),  # Dynamic-Raw with full-resolution gates
-    "fix_nchw": (dict(activation="fix"), True, torch.contiguous_format),  # Network-Fix in NCHW (what the layout saves)
-    # the small-gate network with every gate replaced by a ConstantGate: its step without the gates' own work
-    "raw_small_gate_constant": (dict(small_gate=True), True, MEMORY_FORMAT),
+    "fix": (dict(activation="fix"), True, MEMORY_FORMAT, False),  # Network-Fix: no gates
+    "raw_small_gate": (dict(small_gate=True), True, MEMORY_FORMAT, False),  # Dynamic-Raw, gates on 4x down-sampled X
+    "raw_small_gate_plain": (
+        dict(small_gate=True),
+        False,
+        MEMORY_FORMAT,
+        False,
+    ),  # dr.gate's plain gate (what it saves)
+    "raw": (dict(), True, MEMORY_FORMAT, False),  # Dynamic-Raw with full-resolution gates
+    "fix_nchw": (
+        dict(activation="fix"),
+        True,
+        torch.contiguous_format,
+        False,
+    ),  # Network-Fix in NCHW (the layout's share)
+    "raw_small_gate_constant": (dict(small_gate=True), True, MEMORY_FORMAT, True),  # the small-gate step without G(X)
 }
-#: the variants whose gates are replaced by :class:`ConstantGate`
-CONSTANT_GATES = ("raw_small_gate_constant",)
+
+
+def variant_model(name: str, config: ModelConfig) -> DynamicRoutingNet:
+    """The network of the variant ``name`` of :data:`TRAIN_VARIANTS`, built from ``config``."""
+    overrides, fast_gate, layout, constant = TRAIN_VARIANTS[name]
+    model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate, memory_format=layout)
+    return with_constant_gates(model) if constant else model
 
 
 class ConstantGate(nn.Module):
-    """A gate that does not look at X: alpha = max(0, tanh(beta)) per path, the same for every image,
-    one learned logit beta per path (initialised to the gates' 1.5). A network with these in place of
-    its gates still runs everything else the gates bring into the training step (Eq. 4's products,
-    the bypass test, the expected cost and their backward), so its step against the real one's is
-    what the gates' own work costs inside the step."""
+    """A gate that does not look at X: G = beta, one learned value per path (Eq. 2 without its image
+    term), and alpha = max(0, tanh(G)) (Eq. 3), the same for every image; beta starts at ``bias``
+    (the config's ``gate_bias``, 1.5).
+
+    The small-gate network with these in place of its gates still runs Eq. 3, Eq. 4's products, the
+    bypass test, Eq. 8's expected cost and their backward; what it no longer has is Eq. 2's G(X):
+    the gates' convolutions (or matrix products), BatchNorm, pooling and down-sampling, forward and
+    backward, their gradient added into X's, and the update of their parameters (5 tensors a gate,
+    against 1 here). Its step against the real one's is what G(X) costs inside the step. With beta
+    > 0 every path stays open, so the bypass and the masks of starved nodes never act, where a real
+    gate closes a few."""
 
     def __init__(self, num_paths: int, bias: float = 1.5):
         super().__init__()
-        self.logit = nn.Parameter(torch.full((num_paths,), float(bias)))
+        self.beta = nn.Parameter(torch.full((num_paths,), float(bias)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(torch.tanh(self.logit)).expand(len(x), -1)  # (B, P)
+        return F.relu(torch.tanh(self.beta)).expand(len(x), -1)  # (B, P)
 
 
 def with_constant_gates(model: DynamicRoutingNet) -> DynamicRoutingNet:
-    """``model`` with each node's gate replaced, in place, by a :class:`ConstantGate` of its paths."""
+    """``model`` with each node's gate replaced, in place, by a :class:`ConstantGate` of its paths,
+    on the device and in the type of the model's parameters; a network without gates is refused."""
+    if not model.config.gated:
+        raise ValueError(f"a network without gates (activation {model.config.activation!r}) has no gate to replace")
+    like = next(model.parameters())
     for node in model.nodes.values():
-        node.gate = ConstantGate(len(node.directions), model.config.gate_bias).to(next(model.parameters()).device)
+        node.gate = ConstantGate(len(node.directions), model.config.gate_bias).to(like.device, like.dtype)
     return model
 
 
@@ -168,9 +193,9 @@ def train_step_benchmark(
     ``raw_small_gate_floor_over_fix`` is Network-Fix's step plus both, over Network-Fix's step: the
     floor of ``raw_small_gate_over_fix`` (``raw_small_gate_plain_floor_over_fix`` with the plain gates).
     ``raw_small_gate_constant`` is the small-gate network with every gate replaced by a
-    :class:`ConstantGate` (everything else the gates bring into the step still runs), and
-    ``small_gates_in_step_over_fix`` the small-gate step minus that one, over Network-Fix's step: what
-    the gates' own work costs inside the step, measured there rather than alone.
+    :class:`ConstantGate` (Eq. 3, Eq. 4's products, the bypass test and the expected cost still run),
+    and ``small_gates_in_step_ms`` the small-gate step minus that one (``..._over_fix``: over
+    Network-Fix's step): what Eq. 2's G(X) costs inside the step, its parameters' update included.
     ``data_ms`` is the time to generate one batch of the embedded data (128 x 128, augmented), as
     the training loop loads it. At that size a last variant, ``loop``, is one iteration of the
     training loop as ``python -m dr train`` runs it with the tutorial's recipe (what ``make run``
@@ -190,11 +215,8 @@ def train_step_benchmark(
     images = torch.randn(batch, 3, height, width).to(device)
     labels = torch.randint(0, config.num_classes, (batch, height, width)).to(device)
     runs = {}
-    for name, (overrides, fast_gate, layout) in TRAIN_VARIANTS.items():
-        model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate, memory_format=layout)
-        if name in CONSTANT_GATES:
-            model = with_constant_gates(model)
-        model = model.to(device).train()
+    for name in TRAIN_VARIANTS:
+        model = variant_model(name, config).to(device).train()
         optimizer = sgd(model.parameters(), lr=1e-3, momentum=0.9)  # as the training loop builds it
         runs[name] = (model, optimizer)
 
@@ -281,8 +303,8 @@ def train_step_benchmark(
         floor = result["fix_ms"] + result[f"{gates}_ms"] + result["products_alone_ms"]
         result[f"{variant}_floor_over_fix"] = floor / result["fix_ms"]
     # the small gates' own work inside the step, as a share of Network-Fix's step
-    inside = result["raw_small_gate_ms"] - result["raw_small_gate_constant_ms"]
-    result["small_gates_in_step_over_fix"] = inside / result["fix_ms"]
+    result["small_gates_in_step_ms"] = result["raw_small_gate_ms"] - result["raw_small_gate_constant_ms"]
+    result["small_gates_in_step_over_fix"] = result["small_gates_in_step_ms"] / result["fix_ms"]
     if loop:
         # generating a batch of embedded images (128 x 128) against the cheapest training step of that size
         result["data_over_fix"] = result["data_ms"] / result["fix_ms"]
