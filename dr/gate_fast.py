@@ -23,12 +23,12 @@ Measured with torch 2.14 on the 2-core CPU machine, in one process each (``pytho
 bench-train --preset tiny``, whose ``raw_small_gate_plain`` row is the plain gate; README,
 "Performance", and ``docs/performance-log.md``): a training step of Dynamic-Raw (small gate) over
 Network-Fix takes 1.26 with this computation against 1.33 with the plain one at 2 threads, but
-1.26 against 1.19 at one thread, where a convolution wakes no threads. So in training (autograd recording) with one
-thread the plain computation runs (measured again with the interpolation: four small gates, one
-at each of tiny's scales, batch 8, forward and backward together take 1.21 ms plain against 1.25 ms
-this way at one thread, 2.51 against 1.37 ms at two). At inference this one is as fast as or faster than a matrix
-product on the NCHW layout, ``matmul(w1, x.reshape(B, C, h * w))`` (6.7 against 10.3 ms for a full-resolution gate on a
-1 x 64 x 128 x 256 input, 2 threads).
+1.26 against 1.19 at one thread, where a convolution wakes no threads. So in training (autograd
+recording) with one thread the plain computation runs (measured again with the interpolation: four
+small gates, one at each of tiny's scales, batch 8, forward and backward together take 1.21 ms
+plain against 1.25 ms this way at one thread, 2.51 against 1.37 ms at two). At inference this one
+is as fast as or faster than a matrix product on the NCHW layout, ``matmul(w1, x.reshape(B, C, h *
+w))`` (6.7 against 10.3 ms for a full-resolution gate on a 1 x 64 x 128 x 256 input, 2 threads).
 
 The parameters (and state-dict names and shapes) are exactly those of
 :class:`dr.gate.SoftConditionalGate`, so a checkpoint loads into either; ``tests`` check that

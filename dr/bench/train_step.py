@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,33 +26,34 @@ from dr.training.checkpoint import save_checkpoint
 from dr.training.config import TrainConfig
 from dr.training.train import PlannedBatches, build_optimizer, run_state, sgd, training_step
 
-#: training variants compared by :func:`train_step_benchmark`:
-#: name -> (config overrides, fast gate, layout, gates replaced by :class:`ConstantGate`)
+
+class Variant(NamedTuple):
+    """How :func:`train_step_benchmark` builds one of the networks it times."""
+
+    overrides: dict  # fields of the ModelConfig changed
+    fast_gate: bool  # dr.gate_fast's gate (the model's), or dr.gate's plain one
+    layout: torch.memory_format
+    constant_gates: bool = False  # every gate replaced by a ConstantGate
+
+
+#: the training variants :func:`train_step_benchmark` compares, by name
 TRAIN_VARIANTS = {
-    "fix": (dict(activation="fix"), True, MEMORY_FORMAT, False),  # Network-Fix: no gates
-    "raw_small_gate": (dict(small_gate=True), True, MEMORY_FORMAT, False),  # Dynamic-Raw, gates on 4x down-sampled X
-    "raw_small_gate_plain": (
-        dict(small_gate=True),
-        False,
-        MEMORY_FORMAT,
-        False,
-    ),  # dr.gate's plain gate (what it saves)
-    "raw": (dict(), True, MEMORY_FORMAT, False),  # Dynamic-Raw with full-resolution gates
-    "fix_nchw": (
-        dict(activation="fix"),
-        True,
-        torch.contiguous_format,
-        False,
-    ),  # Network-Fix in NCHW (the layout's share)
-    "raw_small_gate_constant": (dict(small_gate=True), True, MEMORY_FORMAT, True),  # the small-gate step without G(X)
+    "fix": Variant(dict(activation="fix"), True, MEMORY_FORMAT),  # Network-Fix: no gates
+    "raw_small_gate": Variant(dict(small_gate=True), True, MEMORY_FORMAT),  # Dynamic-Raw, gates on 4x down-sampled X
+    "raw_small_gate_plain": Variant(dict(small_gate=True), False, MEMORY_FORMAT),  # dr.gate's plain gate
+    "raw": Variant(dict(), True, MEMORY_FORMAT),  # Dynamic-Raw with full-resolution gates
+    "fix_nchw": Variant(dict(activation="fix"), True, torch.contiguous_format),  # Network-Fix in NCHW
+    "raw_small_gate_constant": Variant(dict(small_gate=True), True, MEMORY_FORMAT, True),  # the step without G(X)
 }
 
 
 def variant_model(name: str, config: ModelConfig) -> DynamicRoutingNet:
     """The network of the variant ``name`` of :data:`TRAIN_VARIANTS`, built from ``config``."""
-    overrides, fast_gate, layout, constant = TRAIN_VARIANTS[name]
-    model = DynamicRoutingNet(config.replace(**overrides), fast_gate=fast_gate, memory_format=layout)
-    return with_constant_gates(model) if constant else model
+    variant = TRAIN_VARIANTS[name]
+    model = DynamicRoutingNet(
+        config.replace(**variant.overrides), fast_gate=variant.fast_gate, memory_format=variant.layout
+    )
+    return with_constant_gates(model) if variant.constant_gates else model
 
 
 class ConstantGate(nn.Module):
@@ -112,8 +114,9 @@ def gate_work_alone(model: DynamicRoutingNet, images: torch.Tensor) -> GateWork:
     Network-Fix's step plus these two is the gated step's floor: what it would take if its gates and
     products cost no more inside the network than alone, and nothing else were added (the autograd
     graph's own bookkeeping, the expected cost, the bypass). Timed alone, X and T(H) are read from
-    memory, where in the step they were just written, so this floor can also sit a little above
-    the true one."""
+    memory, where in the step they were just written, which can put this floor a little above the
+    true one; it also leaves out the gates' gradient added into X's and their parameters' update,
+    which can put it below (:class:`ConstantGate` measures the gates inside the step instead)."""
     model = copy.deepcopy(model)
     captured = []  # (node module, its X, its alpha), node by node
 
@@ -302,7 +305,7 @@ def train_step_benchmark(
     for variant, gates in (("raw_small_gate", "gates_alone"), ("raw_small_gate_plain", "plain_gates_alone")):
         floor = result["fix_ms"] + result[f"{gates}_ms"] + result["products_alone_ms"]
         result[f"{variant}_floor_over_fix"] = floor / result["fix_ms"]
-    # the small gates' own work inside the step, as a share of Network-Fix's step
+    # Eq. 2's G(X) of the small gates inside the step, as a share of Network-Fix's step
     result["small_gates_in_step_ms"] = result["raw_small_gate_ms"] - result["raw_small_gate_constant_ms"]
     result["small_gates_in_step_over_fix"] = result["small_gates_in_step_ms"] / result["fix_ms"]
     if loop:
