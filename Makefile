@@ -18,12 +18,12 @@ env: $(STAMP)
 
 RUN_DIR ?= runs/tutorial
 
+# a folder holding any run file is resumed (train refuses to overwrite it; see dr.training.train.RUN_RECORD)
 run: $(STAMP)
-	@if [ -f $(RUN_DIR)/checkpoint.pt ]; then \
-		$(VENV)/bin/python -m dr train --out $(RUN_DIR) --resume; \
-	else \
-		$(VENV)/bin/python -m dr train --out $(RUN_DIR); \
-	fi
+	@resume=; for f in config.json checkpoint.pt train_log.jsonl metrics.json routes.json; do \
+		if [ -e "$(RUN_DIR)/$$f" ]; then resume=--resume; fi; \
+	done; \
+	$(VENV)/bin/python -m dr train --out $(RUN_DIR) $$resume
 
 # the linter and the formatter first (configured in pyproject.toml), then every test and notebook;
 # CI=true: the notebooks take their fast_run settings (nbval executes each one at its defaults)

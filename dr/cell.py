@@ -19,10 +19,26 @@ from torch import nn
 from dr.droppath import drop_path
 
 
-def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
-    """Conv (no bias) + BatchNorm (+ ReLU)."""
+def conv_bn(
+    cin: int,
+    cout: int,
+    kernel: int = 1,
+    stride: int = 1,
+    groups: int = 1,
+    relu: bool = True,
+    padding: int | None = None,
+) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm (+ ReLU); ``padding`` defaults to ``kernel // 2`` (same size)."""
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.Conv2d(
+            cin,
+            cout,
+            kernel,
+            stride=stride,
+            padding=kernel // 2 if padding is None else padding,
+            groups=groups,
+            bias=False,
+        ),
         nn.BatchNorm2d(cout),
     ]
     if relu:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import typing
@@ -77,6 +76,13 @@ def _size(args) -> tuple[int, int]:
     return parse_size(args.size) if args.size else DEFAULT_SIZES[args.preset]
 
 
+def _print_json(value) -> None:
+    """``--json``: one strict JSON object (a value that is not a number, NaN, printed as null)."""
+    from dr.training.files import json_text
+
+    print(json_text(value))
+
+
 def cmd_info(args) -> int:
     from dr.summary import summarize
 
@@ -87,7 +93,7 @@ def cmd_info(args) -> int:
     height, width = _size(args)
     info = summarize(config, height, width, args.route)
     if args.json:
-        print(json.dumps(info, indent=2))
+        _print_json(info)
         return 0
     print(
         f"preset {args.preset}: C={config.width}, L={config.depth}, {config.num_classes} classes, "
@@ -142,7 +148,7 @@ def _printed_json(result: dict, args) -> bool:
     """Tag the result with its preset; with --json print it and say so."""
     result["preset"] = args.preset
     if args.json:
-        print(json.dumps(result, indent=2))
+        _print_json(result)
     return args.json
 
 
@@ -276,19 +282,15 @@ def add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
 def cmd_train(args) -> int:
     from pathlib import Path
 
-    from dr.training.checkpoint import CHECKPOINT, load_checkpoint
-    from dr.training.train import Interrupted, check_compatible, train
+    from dr.training.train import Interrupted, saved_train_config, train
 
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     try:
-        if args.resume:
-            path = Path(args.out) / CHECKPOINT
-            state = load_checkpoint(path)
-            cfg = dataclasses.replace(TrainConfig.from_dict(state["train_config"]), **explicit)
-            check_compatible(state, cfg, path)
+        if args.resume and not args.overwrite:  # the saved settings, checked against these in train()
+            cfg = dataclasses.replace(TrainConfig.from_dict(saved_train_config(args.out)), **explicit)
         else:
             cfg = TrainConfig(**explicit)
-        metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        metrics = train(cfg, args.out, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     except Interrupted:
         raise
     except KeyboardInterrupt:  # while the options, the data or the folder were being checked
@@ -306,12 +308,14 @@ def cmd_eval(args) -> int:
 
     from dr.data import build_dataset, dataset_info
     from dr.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, saved_route
-    from dr.training.config import resolve_device
-    from dr.training.evaluate import evaluate, save_routes, write_json
+    from dr.training.config import check_data_root, resolve_device
+    from dr.training.evaluate import check_evaluation, evaluate, save_routes, write_json
     from dr.training.train import run_summary
 
     device = resolve_device(args.device)  # before the checkpoint: a missing device is not an unreadable file
     state = load_checkpoint(args.checkpoint, map_location=device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    _check_eval_out(out, "--out" if args.out else "the checkpoint's folder (eval's default --out)")
     model, cfg = model_from_checkpoint(state, args.checkpoint, device)
     if args.preset is not None and args.preset != cfg.preset:
         raise CheckpointError(
@@ -324,6 +328,7 @@ def cmd_eval(args) -> int:
             f"not {args.data!r}; evaluate it on {cfg.data!r}"
         )
     info = dataset_info(cfg.data)
+    check_data_root(cfg.data, args.data_root)
     root = args.data_root or cfg.data_root
     dataset = build_dataset(
         cfg.data,
@@ -335,6 +340,7 @@ def cmd_eval(args) -> int:
     )
     route = saved_route(state, model)
     scales = args.scales or (1.0,)
+    check_evaluation(model.config, dataset, batch_size=args.batch, scales=scales, device=device)  # before it runs
     metrics, routes = evaluate(
         model,
         dataset,
@@ -348,14 +354,22 @@ def cmd_eval(args) -> int:
         route=route,
     )
     metrics.update(
-        run_summary(cfg, model, route, int(state["iteration"]), float(state["seconds"]), cfg.crop or info.train_crop)
+        run_summary(cfg, model, route, state["iteration"], state.get("seconds", 0.0), cfg.crop or info.train_crop)
     )
     metrics["checkpoint"] = str(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
     write_json(metrics, out / "eval.json")
     save_routes(routes, out / "eval_routes.json")
     _print_metrics(metrics, args.json)
     return 0
+
+
+def _check_eval_out(out, option: str) -> None:
+    """eval's output folder and its two files can be written: checked before the evaluation."""
+    from dr.training.files import check_output_file, check_output_folder
+
+    check_output_folder(out, option)
+    for name in ("eval.json", "eval_routes.json"):
+        check_output_file(out / name, option)
 
 
 def cmd_predict(args) -> int:
@@ -365,7 +379,7 @@ def cmd_predict(args) -> int:
     device = resolve_device(args.device)
     records = predict_images(args.checkpoint, args.images, args.out, device=device)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "images": records}, indent=2))
+        _print_json({"checkpoint": str(args.checkpoint), "images": records})
         return 0
     for r in records:
         height, width = r["computed_at"]
@@ -407,14 +421,27 @@ def cmd_adaptation(args) -> int:
         raise ConfigError(
             f"{args.checkpoint} is a static route: every image takes the same one, there is nothing to adapt"
         )
+    if not model.config.gated:
+        raise ConfigError(
+            f"{args.checkpoint} is Network-Fix (no gates): every image opens every path, so the fine share "
+            "cannot vary and rho is not computable; pass a gated checkpoint (e.g. checkpoints/tiny-A/checkpoint.pt)"
+        )
     size = args.val_size if args.val_size is not None else cfg.val_size
+    if size is not None and size < 2:
+        given = f"--val-size {size}" if args.val_size is not None else f"the run's val_size {size}"
+        raise ConfigError(f"{given}: Spearman's rho needs at least 2 images; give --val-size 2 or more")
     dataset = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=size)
     result = adaptation(
         route_records(model, dataset, batch=args.batch, progress=not args.json), permutations=args.permutations
     )
+    if result["not_computable"]:
+        raise ConfigError(
+            f"rho is not computable on {args.checkpoint}: {result['not_computable']}; measure more images "
+            "(--val-size) or a checkpoint whose routes vary"
+        )
     result["checkpoint"] = str(args.checkpoint)
     if args.json:
-        print(json.dumps(result if args.per_image else {k: v for k, v in result.items() if k != "per_image"}, indent=2))
+        _print_json(result if args.per_image else {k: v for k, v in result.items() if k != "per_image"})
         return 0
     print(f"{args.checkpoint}: {result['n_images']} images, {result['distinct_routes']} distinct routes")
     print(
@@ -423,14 +450,15 @@ def cmd_adaptation(args) -> int:
     )
     for regime, row in result["by_regime"].items():
         size, share = row["size"], row["fine_share"]
-        print(f"  {regime:6s} {row['images']:5d} images, mean size {size:6.1f} px, fine share {share:.3f}")
+        share = "n/a (no open path)" if math.isnan(share) else f"{share:.3f}"
+        print(f"  {regime:6s} {row['images']:5d} images, mean size {size:6.1f} px, fine share {share}")
     print("the paper's premise (Fig. 1): finer routes for smaller objects, rho < 0")
     return 0
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        _print_json(metrics)
         return
     print(f"mIoU {100 * metrics['miou']:.2f}  ({metrics['num_images']} images)")
     for regime, value in metrics["miou_by_regime"].items():
@@ -444,6 +472,10 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
             f"trained {metrics['iters']} iterations in {metrics['seconds']:.0f} s "
             f"({metrics['images_per_second']:.1f} images/s)"
         )
+
+
+#: the study's results ``figures`` draws from when --results is not given and the file is there
+FIGURES_RESULTS = "results/reproduction.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,7 +522,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out", required=True, help="output folder: checkpoint.pt, train_log.jsonl, metrics.json, routes.json"
     )
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (from iteration 0, its history kept, if it has none)",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run --out holds (its files are deleted first)"
+    )
     add_config_options(train, TrainConfig)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
@@ -560,8 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     fig.add_argument("--checkpoints", default="checkpoints", help="the shipped tiny checkpoints (default: checkpoints)")
     fig.add_argument(
         "--results",
-        default="results/reproduction.json",
-        help="reproduction study results for the mIoU-vs-cost plot (used if present)",
+        help=f"reproduction study results for the mIoU-vs-cost plot (default: {FIGURES_RESULTS}, used if present)",
     )
     fig.set_defaults(func=cmd_figures)
     return parser
@@ -572,11 +610,12 @@ def cmd_study(args) -> int:
     import subprocess
     from pathlib import Path
 
-    from dr.explore.figures import study_figures
+    from dr.explore.figures import draw_study_figures, save_figure
     from dr.study.collect import collect
-    from dr.study.grid import FAST_VARIANTS, ITERS, VARIANTS
+    from dr.study.grid import FAST_EXTRA, FAST_VARIANTS, ITERS, VARIANTS
     from dr.study.report import verdict_table, write_results
     from dr.study.runner import run_study
+    from dr.training.files import check_output_file, check_output_folder, created_folder
 
     seeds = tuple(args.seeds)
     iters = args.iters or (6 if args.fast else ITERS)
@@ -586,8 +625,13 @@ def cmd_study(args) -> int:
         raise ConfigError(
             f"unknown row {', '.join(map(repr, unknown))} (--only); the rows are: {', '.join(map(repr, rows))}"
         )
+    results_path = Path(args.results) if args.results else Path(args.out) / "reproduction.json"
+    figures = Path(args.figures) if args.figures else Path(args.out) / "figures"
+    if not args.train_only:  # where the results go, checked before a study is spent on them
+        check_output_file(results_path, "--results" if args.results else "--out")
+        check_output_folder(figures, "--figures" if args.figures else "--out")
     names = set(args.only) if args.only else (set(FAST_VARIANTS) if args.fast else None)
-    extra = {"train_size": 64, "val_size": 12} if args.fast else None
+    extra = FAST_EXTRA if args.fast else None
     if not args.no_train and args.jobs > 1:  # N processes share the grid, each with its share of the cores
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         command = [
@@ -636,26 +680,31 @@ def cmd_study(args) -> int:
     if args.train_only:
         return 0
     results = collect(args.out, seeds=seeds, iters=iters, fast=args.fast)
-    results_path = Path(args.results) if args.results else Path(args.out) / "reproduction.json"
-    figures = Path(args.figures) if args.figures else Path(args.out) / "figures"
     if not results["rows"]:  # nothing measured: the results and figures already there stay as they are
         raise ConfigError(
             f"no finished runs in {args.out} (no RUN/metrics.json for seeds {' '.join(map(str, seeds))}); "
             f"nothing was written to {results_path} or {figures}: train first (drop --no-train) or pass the "
             "study's --out"
         )
-    for path in study_figures(results, figures):  # every figure drawn before the first is written
-        print(path)
+    drawn = draw_study_figures(results)  # every figure drawn before the first file is written
     write_results(results, results_path)
+    with created_folder(figures, "--figures"):
+        for name, fig in drawn.items():
+            print(save_figure(fig, figures / name))
     print(verdict_table(results))
     print(f"wrote {results_path}", file=sys.stderr)
     return 0
 
 
 def cmd_figures(args) -> int:
+    from pathlib import Path
+
     from dr.explore.figures import make_figures
 
-    for path in make_figures(args.out, args.checkpoints, args.results):
+    results = args.results
+    if results is None and Path(FIGURES_RESULTS).is_file():  # the default: used if present
+        results = FIGURES_RESULTS
+    for path in make_figures(args.out, args.checkpoints, results):
         print(path)
     return 0
 

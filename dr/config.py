@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 #: Gate activations delta(.) of Eq. 3 and Table 3. ``fix`` means no gate at all (Network-Fix).
-ACTIVATIONS = ("tanh", "sigmoid", "softmax", "gumbel", "fix")
+#: ``constant``: alpha = max(0, tanh(beta)) with one learned beta per path, the same for every image
+#: (Eq. 2 without G(X)): learned path weights, no image context (the study's decomposition).
+ACTIVATIONS = ("tanh", "sigmoid", "softmax", "gumbel", "constant", "fix")
 #: The activations of a real gate (every one but ``fix``).
 GATED_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "fix")
 #: Initialisations of the gate's last convolution F(w2, .): He-normal (the paper, the authors' code)
@@ -21,6 +23,12 @@ GATE_INITS = ("he", "small")
 SEPCONV_REPEATS = (1, 2, 3)
 #: The smallest input side: the network down-samples by 32.
 MIN_INPUT_SIDE = 32
+
+
+#: What a network computed before model semantics 2 (the stem padded by 1, the bypass only at an
+#: alpha sum of exactly 0): a saved config without these fields loads with them, so an old
+#: checkpoint computes what it was trained to compute.
+SEMANTICS_1 = {"stem_padding": 1, "bypass_below": 0.0}
 
 
 class ConfigError(ValueError):
@@ -37,11 +45,18 @@ class ModelConfig:
     - ``sepconv_repeats``: SepConv3x3 stacked in each cell, 1, 2 (paper) or 3 (Table 2).
     - ``activation``: gate activation delta: ``tanh`` = max(0, tanh) (Eq. 3), ``sigmoid``,
       ``softmax`` (over a node's paths), ``gumbel`` (binary straight-through Gumbel-sigmoid
-      gates, from pixel-wise attentional gating) or ``fix`` (no gate, every alpha is 1: Network-Fix).
+      gates, from pixel-wise attentional gating), ``constant`` (alpha = max(0, tanh(beta)), one
+      learned beta per path whatever the image: :class:`dr.gate.ConstantGate`) or ``fix`` (no gate,
+      every alpha is 1: Network-Fix).
     - ``small_gate``: down-sample the gate input by 4 per side (the paper does so under a budget).
     - ``gate_bias``: initial bias beta of the gate's last convolution (Eq. 2); tanh(1.5) = 0.905.
     - ``gate_init``: initialisation of that convolution's weights, ``he`` or ``small`` (N(0, 0.01)).
     - ``stem_width``: channels of the fixed stem (paper: 64, equal to ``width``).
+    - ``stem_padding``: padding of the stem's first conv3x3 stride 2: 0 as in the authors' code
+      (their weights expect it), 1 in checkpoints of model semantics 1 (see :data:`SEMANTICS_1`).
+    - ``bypass_below``: an image whose alphas at a node sum below this is closed there: every alpha
+      set to 0, the cell bypassed (X passed on along keep). 1e-4 as in the authors' code; 0 (only
+      alphas that are all 0) in checkpoints of model semantics 1.
     """
 
     width: int = 64  # C, channels at 1/4 scale
@@ -53,6 +68,8 @@ class ModelConfig:
     gate_bias: float = 1.5  # beta init of Eq. 2
     gate_init: str = "he"  # F(w2) init: he (the paper) | small (N(0, 0.01)), see GATE_INITS
     stem_width: int | None = None  # None: same as width
+    stem_padding: int = 0  # the stem's first conv3x3 s2: 0 (authors' code) or 1 (model semantics 1)
+    bypass_below: float = 1e-4  # a node whose alphas sum below this is closed for the image (authors' code)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -79,8 +96,14 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown model config field(s) {unknown}; allowed: {sorted(known)}")
-        # a config saved before gate_init existed was initialised the old way, N(0, 0.01)
-        return cls(**({"gate_init": "small"} | values))
+        # a config saved before gate_init existed was initialised the old way, N(0, 0.01); one saved
+        # before stem_padding / bypass_below existed computes the network of model semantics 1
+        return cls(**({"gate_init": "small"} | SEMANTICS_1 | values))
+
+    @property
+    def semantics(self) -> int:
+        """The model semantics this config computes: 2 (the authors' stem and bypass), 1 (before)."""
+        return 1 if (self.stem_padding, self.bypass_below) == tuple(SEMANTICS_1.values()) else 2
 
 
 def check_choice(what: str, value, choices, option: str | None = None) -> None:
@@ -108,6 +131,10 @@ def validate(config: ModelConfig) -> None:
         raise ConfigError(f"num_classes must be an integer >= 1, got {config.num_classes!r}")
     check_activation(config.activation)
     check_choice("gate init", config.gate_init, GATE_INITS)
+    if config.stem_padding not in (0, 1):
+        raise ConfigError(f"stem_padding must be 0 or 1, got {config.stem_padding!r}")
+    if not isinstance(config.bypass_below, (int, float)) or not 0 <= config.bypass_below < 1:
+        raise ConfigError(f"bypass_below must be a number in [0, 1), got {config.bypass_below!r}")
     if config.sepconv_repeats not in SEPCONV_REPEATS:
         raise ConfigError(f"sepconv_repeats must be one of {SEPCONV_REPEATS}, got {config.sepconv_repeats!r}")
 

@@ -129,9 +129,10 @@ def gate(c: int, h: int, w: int, num_paths: int, small: bool) -> OpCost:
     )
 
 
-def stem(stem_c: int, out_c: int, height: int, width: int) -> OpCost:
-    """conv3x3 s2 (3->S) + BN + ReLU; dw3x3 + pw1x1 (S->S) + BN + ReLU; dw3x3 s2 + pw1x1 (S->C) + BN + ReLU."""
-    h2, w2 = height // 2, width // 2
+def stem(stem_c: int, out_c: int, height: int, width: int, padding: int = 0) -> OpCost:
+    """conv3x3 s2 (3->S) + BN + ReLU; dw3x3 + pw1x1 (S->S) + BN + ReLU; dw3x3 s2 + pw1x1 (S->C) + BN + ReLU.
+    The first conv is unpadded (``padding`` 0, the authors' code): its map is (H - 1) // 2 high."""
+    h2, w2 = (height + 2 * padding - 3) // 2 + 1, (width + 2 * padding - 3) // 2 + 1
     h4, w4 = height // 4, width // 4
     return (
         conv(3, stem_c, 3, h2, w2)
@@ -187,7 +188,7 @@ class CostModel:
 
     @cached_property
     def gate_cost(self) -> dict[Node, OpCost]:
-        if not self.config.gated:
+        if not self.config.gated or self.config.activation == "constant":  # no gate, or one that reads no X
             return {n: ZERO for n in self.space.nodes}
         return {
             n: gate(self.channels(n), *self.node_size(n), len(self.space.directions(n)), self.config.small_gate)
@@ -200,7 +201,7 @@ class CostModel:
 
     @cached_property
     def stem_cost(self) -> OpCost:
-        return stem(self.config.stem_channels, self.config.width, self.height, self.width)
+        return stem(self.config.stem_channels, self.config.width, self.height, self.width, self.config.stem_padding)
 
     @cached_property
     def decoder_cost(self) -> OpCost:

@@ -143,3 +143,19 @@ class SoftConditionalGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """alpha = delta(G): (B, P)."""
         return gate_activation(self.logits(x), self.activation, training=self.training, temperature=self.temperature)
+
+
+class ConstantGate(nn.Module):
+    """A gate that does not look at X: G = beta, one learned value per path (Eq. 2 without its image
+    term), and alpha = max(0, tanh(G)) (Eq. 3), the same for every image; beta starts at ``bias``
+    (the config's ``gate_bias``, 1.5). ``activation="constant"`` builds a network of these: learned
+    path weights (a path closes for every image once its beta is <= 0) without the image context
+    of G(X), the step between Network-Fix and Dynamic-Raw in the study's decomposition;
+    :mod:`dr.bench.train_step` also swaps them into a gated network to time what G(X) costs."""
+
+    def __init__(self, num_paths: int, bias: float = 1.5):
+        super().__init__()
+        self.beta = nn.Parameter(torch.full((num_paths,), float(bias)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(torch.tanh(self.beta)).expand(len(x), -1)  # (B, P)

@@ -41,7 +41,7 @@ from dr.config import ModelConfig, check_input_size
 from dr.cost import CostModel, expected_cost, padded_size
 from dr.cost import real_cost as executed_cost
 from dr.droppath import scheduled_drop_prob
-from dr.gate import SoftConditionalGate, path_weights
+from dr.gate import ConstantGate, SoftConditionalGate, path_weights
 from dr.gate_fast import FastSoftConditionalGate
 from dr.routes import route_masks
 from dr.skipping import skipping_forward
@@ -58,10 +58,10 @@ class Stem(nn.Sequential):
     """Fixed stem to 1/4 scale: conv3x3 s2 + BN + ReLU, then two SepConv (dw3x3 + pw1x1 + BN + ReLU), the
     last stride 2. This is the authors' code; the paper (Sec. 3.4) speaks of three SepConv3x3."""
 
-    def __init__(self, stem_channels: int, out_channels: int):
+    def __init__(self, stem_channels: int, out_channels: int, padding: int = 0):
         s = stem_channels
         super().__init__(
-            conv_bn(3, s, 3, stride=2),
+            conv_bn(3, s, 3, stride=2, padding=padding),  # unpadded in the authors' code (ModelConfig.stem_padding)
             nn.Conv2d(s, s, 3, padding=1, groups=s, bias=False),
             conv_bn(s, s, 1),
             nn.Conv2d(s, s, 3, stride=2, padding=1, groups=s, bias=False),
@@ -108,7 +108,9 @@ class RoutingNode(nn.Module):
         self.directions = directions
         self.cell = Cell(channels_in, config.sepconv_repeats)
         self.gate = None  # Network-Fix: no gate, every alpha is 1
-        if config.gated:
+        if config.activation == "constant":  # learned per-path weights, no image term
+            self.gate = ConstantGate(len(directions), config.gate_bias)
+        elif config.gated:
             gate = FastSoftConditionalGate if fast_gate else SoftConditionalGate
             self.gate = gate(
                 channels_in,
@@ -231,7 +233,7 @@ class DynamicRoutingNet(nn.Module):
         self.memory_format = memory_format  # torch.contiguous_format: NCHW, for the benchmarks' comparison
         self.space = RoutingSpace(config.depth)
         self.drop_prob = drop_prob
-        self.stem = Stem(config.stem_channels, config.width)
+        self.stem = Stem(config.stem_channels, config.width, config.stem_padding)
         self.nodes = nn.ModuleDict(
             {
                 node_key(n): RoutingNode(
@@ -299,13 +301,16 @@ class DynamicRoutingNet(nn.Module):
                     reached[target] = reached[target] | carries[:, j] if target in reached else carries[:, j]
         return self.end(images, features, gates, reached)
 
-    @staticmethod
-    def gate_values(module: RoutingNode, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    def gate_values(self, module: RoutingNode, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
         """alpha of a node for the images of ``x`` (Eq. 2-3), times the route's 0/1 ``mask`` of its
-        paths, (B, P); ``None`` means every alpha is 1 (Network-Fix without a route)."""
+        paths, (B, P); ``None`` means every alpha is 1 (Network-Fix without a route). An image whose
+        alphas sum below ``config.bypass_below`` (1e-4, the authors' bypass) gets all of them 0: one
+        rule for both forwards, the real cost and the recorded routes."""
         alpha = None if module.gate is None else module.gate(x)  # (B, P)
         if mask is not None:
             alpha = mask if alpha is None else alpha * mask
+        if alpha is not None and self.config.bypass_below > 0:
+            alpha = alpha * (alpha.sum(dim=1, keepdim=True) >= self.config.bypass_below).to(alpha.dtype)
         return alpha
 
     def drop_probability(self, node: Node, step_rate: float) -> float:

@@ -71,6 +71,8 @@ def forward_reference(model: DynamicRoutingNet, image: torch.Tensor, route=None,
             alpha = [float(a) for a in gate_reference(module.gate, X)]
         if route is not None:
             alpha = [a if Path(node.layer, node.scale, d) in route.paths else 0.0 for a, d in zip(alpha, directions)]
+        if sum(alpha) < model.config.bypass_below:  # the authors' bypass: alphas this small close the node
+            alpha = [0.0] * len(directions)
         alphas[node] = alpha
         cell_cost, gate_cost = costs.cell_cost[node].flops, costs.gate_cost[node].flops
         path_costs = [costs.path_cost[Path(node.layer, node.scale, d)].flops for d in directions]

@@ -37,7 +37,7 @@ def test_space_bookkeeping():
         (lambda: preset("huge"), "unknown preset 'huge'; choose one of paper-l16, paper-l33, tiny"),
         (
             lambda: ModelConfig(activation="relu"),
-            "unknown gate activation 'relu'; choose one of tanh, sigmoid, softmax, gumbel, fix",
+            "unknown gate activation 'relu'; choose one of tanh, sigmoid, softmax, gumbel, constant, fix",
         ),
         (lambda: ModelConfig(depth=0), "depth L must be an integer >= 1, got 0"),
         (lambda: ModelConfig(sepconv_repeats=4), "sepconv_repeats must be one of"),

@@ -459,11 +459,13 @@ def test_papermill_crop_as_an_int_works_like_the_command_line(tmp_path):
     imports = "\n".join(line for line in nb.cells[index - 1].source.splitlines() if not line.startswith("%"))
     exec(compile(imports, "imports", "exec"), namespace)
     exec(compile(nb.cells[index].source, "parameters", "exec"), namespace)
+    derived = next(i for i in range(index + 1, len(nb.cells)) if "cfg = TrainConfig(" in nb.cells[i].source)
     for crop, expected in ((64, (64, 64)), ("64", (64, 64)), ([96, 64], (96, 64)), ("96x64", (96, 64))):
         namespace.update(crop=crop, fast_run=False, out_dir=str(tmp_path / "nb"))
-        exec(compile(nb.cells[index + 1].source, "derived", "exec"), namespace)
+        for cell in nb.cells[index + 1 : derived + 1]:  # the parameters' checks, then the derived values
+            exec(compile(cell.source, "derived", "exec"), namespace)
         assert namespace["cfg"].crop == expected
-    assert ast.parse(nb.cells[index + 1].source)  # still plain Python
+    assert ast.parse(nb.cells[derived].source)  # still plain Python
 
 
 # ---------------------------------------------------------------------- nothing lost

@@ -158,7 +158,7 @@ def test_skip_masked_and_naive_agree_when_no_node_is_starved(seed, images):
         assert masked.real_cost[i].item() == pytest.approx(real, rel=1e-6)
 
 
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [5, 6])  # seeds whose starved nodes change the dense output (stem of semantics 2)
 def test_starved_nodes_are_skipped_per_image(seed, images):
     """With closable keep paths some nodes get no open input: skip leaves them out, per image."""
     model = make_model(images, seed, keep_open=False)

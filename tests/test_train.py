@@ -461,8 +461,8 @@ def test_constant_gates_change_the_gates_and_nothing_else(bias):
     alpha = max(0, tanh(beta)) for every image. The network then computes what the gated network
     computes when its gates output that constant (forward hooks below), and its step differentiates
     the constants. beta = -0.5 closes every path: both networks then take the bypass everywhere."""
-    from dr.bench.train_step import ConstantGate, with_constant_gates
-    from dr.gate import SoftConditionalGate
+    from dr.bench.train_step import with_constant_gates
+    from dr.gate import ConstantGate, SoftConditionalGate
 
     torch.manual_seed(0)
     gated = DynamicRoutingNet(preset("tiny", small_gate=True, gate_bias=bias)).train()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dr.allocator import keep_freed_memory
@@ -20,7 +19,7 @@ from dr.bench.latency import median_ms, timed
 from dr.config import ModelConfig
 from dr.data import build_dataset
 from dr.data.synthetic import IMAGE_SIZE
-from dr.gate import path_weights
+from dr.gate import ConstantGate, path_weights
 from dr.model import MEMORY_FORMAT, DynamicRoutingNet
 from dr.training.checkpoint import save_checkpoint
 from dr.training.config import TrainConfig
@@ -54,27 +53,6 @@ def variant_model(name: str, config: ModelConfig) -> DynamicRoutingNet:
         config.replace(**variant.overrides), fast_gate=variant.fast_gate, memory_format=variant.layout
     )
     return with_constant_gates(model) if variant.constant_gates else model
-
-
-class ConstantGate(nn.Module):
-    """A gate that does not look at X: G = beta, one learned value per path (Eq. 2 without its image
-    term), and alpha = max(0, tanh(G)) (Eq. 3), the same for every image; beta starts at ``bias``
-    (the config's ``gate_bias``, 1.5).
-
-    The small-gate network with these in place of its gates still runs Eq. 3, Eq. 4's products, the
-    bypass test, Eq. 8's expected cost and their backward; what it no longer has is Eq. 2's G(X):
-    the gates' convolutions (or matrix products), BatchNorm, pooling and down-sampling, forward and
-    backward, their gradient added into X's, and the update of their parameters (5 tensors a gate,
-    against 1 here). Its step against the real one's is what G(X) costs inside the step. With beta
-    > 0 every path stays open, so the bypass and the masks of starved nodes never act, where a real
-    gate closes a few."""
-
-    def __init__(self, num_paths: int, bias: float = 1.5):
-        super().__init__()
-        self.beta = nn.Parameter(torch.full((num_paths,), float(bias)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(torch.tanh(self.beta)).expand(len(x), -1)  # (B, P)
 
 
 def with_constant_gates(model: DynamicRoutingNet) -> DynamicRoutingNet:

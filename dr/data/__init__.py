@@ -18,7 +18,7 @@ from dr.data.realdata import CITYSCAPES_INFO, VOC_INFO, cityscapes_dataset, voc_
 from dr.data.synthetic import INFO as SYNTHETIC_INFO
 from dr.data.synthetic import SyntheticShapes
 
-__all__ = ["MEAN", "STD", "DataError", "DatasetInfo", "DATASETS", "dataset_info", "build_dataset"]
+__all__ = ["MEAN", "STD", "DataError", "DatasetInfo", "DATASETS", "dataset_info", "build_dataset", "data_design"]
 
 #: the data sets by name, with what the model and the evaluation need to know of each
 DATASETS = {"synthetic": SYNTHETIC_INFO, "cityscapes": CITYSCAPES_INFO, "voc": VOC_INFO}
@@ -28,6 +28,14 @@ def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def data_design(name: str) -> str:
+    """What a run's data was: the embedded generator's :func:`~dr.data.synthetic.design_id` (its
+    version and knobs), or the real data set's name."""
+    from dr.data.synthetic import design_id
+
+    return design_id() if name == "synthetic" else dataset_info(name).name
 
 
 def build_dataset(

@@ -77,6 +77,21 @@ DESIGN = {
     "colour_jitter": 0.05,  # per-object colour jitter (std)
     "noise": 0.04,  # per-pixel noise (std)
 }
+#: the generator's version: raised whenever the same DESIGN would draw other images (a run records
+#: :func:`design_id`, so results of two designs are never mixed)
+GENERATOR_VERSION = 2
+
+
+def design_id() -> str:
+    """A short hash of what decides the embedded images: the generator's version, DESIGN and the
+    image size (12 hex digits)."""
+    import hashlib
+    import json
+
+    text = json.dumps({"version": GENERATOR_VERSION, "design": DESIGN, "size": IMAGE_SIZE}, sort_keys=True)
+    return f"synthetic-v{GENERATOR_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
 #: the palette: vivid red, green, blue, yellow (RGB in [0, 1])
 COLOUR_NAMES = ("red", "green", "blue", "yellow")[: DESIGN["colours"]]
 PALETTE = np.array([[0.92, 0.12, 0.10], [0.12, 0.88, 0.14], [0.12, 0.26, 0.95], [0.95, 0.85, 0.15]], np.float32)[

@@ -126,11 +126,22 @@ def adaptation(records: Sequence[dict], *, permutations: int = 10000, seed: int 
     """rho (object size against fine share), its permutation p-value and the number of images, with
     the mean size and fine share per regime and the number of distinct routes. ``records`` hold per
     image ``size``, ``regime``, ``gflops`` and ``open`` (its open paths), as :func:`route_records`
-    returns them; an image with no open path at all has no fine share and is left out."""
+    returns them; an image with no open path at all has no fine share and is left out.
+
+    ``not_computable`` says why rho is not a number (NaN, p-value 1) when it cannot be computed:
+    fewer than 2 images with open paths, or a fine share or object size the same for every image
+    (Network-Fix, gates that route every image alike); otherwise it is ``None``."""
     sizes = [r["size"] for r in records]
     shares = [fine_share(r["open"]) for r in records]
     kept = [i for i, f in enumerate(shares) if not math.isnan(f)]  # an image with no open path has no share
     rho, p = spearman_test([sizes[i] for i in kept], [shares[i] for i in kept], permutations=permutations, seed=seed)
+    why = None
+    if len(kept) < 2:
+        why = f"it needs at least 2 images with open paths, and {len(kept)} of {len(records)} have any"
+    elif len({shares[i] for i in kept}) == 1:
+        why = f"every one of the {len(kept)} images takes a route with the same fine share ({shares[kept[0]]:.3f})"
+    elif len({sizes[i] for i in kept}) == 1:
+        why = f"every one of the {len(kept)} images has the same object size ({sizes[kept[0]]:.1f} px)"
     regimes = sorted({r["regime"] for r in records if r.get("regime")})
     by_regime = {
         g: {
@@ -143,6 +154,7 @@ def adaptation(records: Sequence[dict], *, permutations: int = 10000, seed: int 
     return {
         "rho": rho,
         "p_value": p,
+        "not_computable": why,
         "n_images": len(kept),
         "without_open_paths": len(records) - len(kept),
         "permutations": permutations,

@@ -5,18 +5,21 @@
 The first five (the data samples, the routing space, the classic routes, the gate activations and
 the budget loss) need nothing but the code; the others read the shipped checkpoints
 (``data_scripts/make_checkpoints.py`` regenerates them) and, for the trade-off plot, the
-reproduction study's ``results/reproduction.json`` when it exists.
+reproduction study's ``results/reproduction.json`` when it exists (``--results``: that file,
+which must exist). The inputs are checked before the first figure is written: a checkpoints folder
+or results file that is missing or unreadable is an error, and nothing is written then.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path as FilePath
 
 import torch
 
 from dr.budget import BUDGETS
-from dr.config import preset
+from dr.config import ConfigError, preset
 from dr.data.synthetic import CLASS_NAMES, REGIMES, SyntheticShapes, generate_sample
 from dr.explore.analysis import first_of_each_regime, gate_values, path_frequency, route_of, scale_usage
 from dr.explore.runs import Run, load_run
@@ -37,7 +40,8 @@ from dr.explore.visualise import (
 from dr.routes import CLASSIC_ROUTES, named_route
 from dr.space import RoutingSpace
 from dr.summary import summarize
-from dr.training.files import atomic_write
+from dr.training.checkpoint import CheckpointError
+from dr.training.files import atomic_write, check_output_folder, created_folder, describe
 
 #: Table 1's GFLOPs of the classic routes (Layer16, 1024x2048), for the subtitles
 PAPER_ROUTE_GFLOPS = {"fcn32s": 35.1, "deeplabv3": 42.5, "unet": 53.9, "hrnetv2": 62.5, "autodeeplab": 33.1}
@@ -51,6 +55,73 @@ def shipped_runs(checkpoints: str | FilePath = "checkpoints", names=SHIPPED) -> 
     """The shipped tiny models that exist under ``checkpoints`` (``tiny-NAME`` folders), by name."""
     root = FilePath(checkpoints)
     return {name: load_run(root / f"tiny-{name}") for name in names if (root / f"tiny-{name}").is_dir()}
+
+
+def checked_runs(checkpoints: str | FilePath = "checkpoints", names=SHIPPED) -> dict[str, Run]:
+    """The shipped tiny models under ``checkpoints``, every one loaded, by name: a folder that does
+    not exist or holds none of them, or a run that cannot be loaded, is an error naming it; the
+    ones absent are named on stderr (their figures leave them out)."""
+    root = FilePath(checkpoints)
+    folders = ", ".join(f"tiny-{n}" for n in names)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise CheckpointError(
+            f"--checkpoints {root} {what}; pass the folder holding {folders} "
+            "('python data_scripts/make_checkpoints.py' writes them)"
+        )
+    present = [n for n in names if (root / f"tiny-{n}").is_dir()]
+    if not present:
+        raise CheckpointError(
+            f"--checkpoints {root} holds none of {folders}; pass the folder of the shipped checkpoints "
+            "('python data_scripts/make_checkpoints.py' writes them)"
+        )
+    runs = {}
+    for name in present:
+        folder = root / f"tiny-{name}"
+        try:
+            runs[name] = load_run(folder)
+        except CheckpointError:
+            raise
+        except (OSError, ValueError) as error:  # its metrics.json, routes.json or train_log.jsonl
+            why = describe(error) if isinstance(error, OSError) else str(error)
+            raise CheckpointError(
+                f"{folder} cannot be read ({why}); regenerate it with 'python data_scripts/make_checkpoints.py'"
+            ) from None
+    absent = [f"tiny-{n}" for n in names if n not in present]
+    if absent:
+        print(f"note: {root} has no {', '.join(absent)}: the figures leave them out", file=sys.stderr)
+    return runs
+
+
+#: what a results file of ``python -m dr study`` holds, at least
+RESULTS_KEYS = ("rows", "table1", "tables", "fig1", "fig5")
+
+
+def read_results(path: str | FilePath) -> dict:
+    """A results file of ``python -m dr study``, checked: one that does not exist, is a folder,
+    cannot be read or is not such a file is an error naming it."""
+    path = FilePath(path)
+    fix = "pass the JSON file 'python -m dr study' wrote (e.g. results/reproduction.json)"
+    if path.is_dir():
+        raise ConfigError(f"--results {path} is a folder, not a file; {fix}")
+    if not path.exists():
+        raise ConfigError(f"--results {path} does not exist; {fix}, or leave --results out")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"--results {path} cannot be read ({describe(error)}); {fix}") from None
+    except ValueError as error:
+        raise ConfigError(f"--results {path} is not valid JSON ({error}); {fix}") from None
+    missing = [k for k in RESULTS_KEYS if not isinstance(data, dict) or k not in data]
+    rows = data.get("table1") if isinstance(data, dict) else None
+    if (
+        missing
+        or not isinstance(rows, list)
+        or not all(isinstance(r, dict) and {"name", "gflops_avg", "miou"} <= set(r) for r in rows)
+    ):
+        what = f"no {', '.join(missing)}" if missing else "its table1 rows lack name, gflops_avg or miou"
+        raise ConfigError(f"--results {path} is not a results file of the study ({what}); {fix}")
+    return data
 
 
 def classic_routes_figure(depth: int = 16, height: int = 1024, width: int = 2048):
@@ -81,12 +152,28 @@ def data_samples_figure(per_regime: int = 3, seed: int = 0):
 def make_figures(
     out: str | FilePath = "figures",
     checkpoints: str | FilePath = "checkpoints",
-    results: str | FilePath | None = "results/reproduction.json",
+    results: str | FilePath | None = None,
     images: int = 48,
 ) -> list[FilePath]:
-    """Write every figure to ``out``; returns the paths written."""
+    """Write every figure to ``out``; returns the paths written. Every input is checked before the
+    first figure is written (:func:`checked_runs`, :func:`read_results`; ``results`` None: the
+    trade-off plot from the shipped runs' own metrics), and a folder ``out`` made here is removed
+    again if the command fails before writing into it."""
     out = FilePath(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, "--out")
+    data = read_results(results) if results is not None else None
+    runs = checked_runs(checkpoints)
+    for run in runs.values() if data is None else ():  # the trade-off plot from the runs' own metrics
+        if not {"gflops_avg", "gflops_min", "gflops_max", "miou"} <= set(run.metrics):
+            raise CheckpointError(
+                f"{run.folder / 'metrics.json'} is missing or lacks miou and gflops_avg/min/max; regenerate "
+                "the run with 'python data_scripts/make_checkpoints.py' or pass --results"
+            )
+    with created_folder(out, "--out"):
+        return _write_figures(out, runs, data, images)
+
+
+def _write_figures(out: FilePath, runs: dict[str, Run], data: dict | None, images: int) -> list[FilePath]:
     written = []
 
     def save(fig, name):
@@ -104,7 +191,6 @@ def make_figures(
     save(plot_gate_activations(), "gate_activations.png")
     save(plot_budget_loss({k: (v.weight, v.target) for k, v in BUDGETS.items() if k != "raw"}), "budget_loss.png")
 
-    runs = shipped_runs(checkpoints)
     gated = {name: run for name, run in runs.items() if name != "fix"}
     if gated:
         save(
@@ -160,9 +246,7 @@ def make_figures(
             )
             save(fig, f"image_route_{regime}.png")
     points = []
-    results = FilePath(results) if results else None
-    if results is not None and results.is_file():  # the reproduction study's rows, and its own figures
-        data = json.loads(results.read_text())
+    if data is not None:  # the reproduction study's rows, and its own figures
         for row in data["table1"]:
             points.append(
                 {
@@ -198,9 +282,14 @@ def save_figure(fig, path) -> FilePath:
 
 
 def study_figures(results: dict, out) -> list[FilePath]:
-    """The study's figures, drawn from the results alone: scale use per regime (Fig. 1), gate
-    histograms (Fig. 5), mIoU against cost of every row, and mIoU per regime of Table 1's rows.
-    Every figure is drawn before the first is written, so a failure leaves the old ones as they were."""
+    """The study's figures (:func:`draw_study_figures`) written to ``out``. Every figure is drawn
+    before the first is written, so a failure to draw leaves the old ones as they were."""
+    return [save_figure(fig, FilePath(out) / name) for name, fig in draw_study_figures(results).items()]
+
+
+def draw_study_figures(results: dict) -> dict:
+    """The study's figures by file name, drawn from the results alone: scale use per regime (Fig. 1),
+    gate histograms (Fig. 5), mIoU against cost of every row, and mIoU per regime of Table 1's rows."""
     rows = results["rows"]
     figures = {}
     if results["fig1"]:
@@ -230,4 +319,4 @@ def study_figures(results: dict, out) -> list[FilePath]:
             {n: {g: rows[n][f"miou_{g}"]["mean"] for g in REGIMES} for n in table1},
             {n: {g: rows[n][f"miou_{g}"]["std"] for g in REGIMES} for n in table1},
         )
-    return [save_figure(fig, FilePath(out) / name) for name, fig in figures.items()]
+    return figures

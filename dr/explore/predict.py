@@ -20,7 +20,6 @@ runs restricted to that route.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 
@@ -38,7 +37,7 @@ from dr.explore.visualise import CLASS_COLOURS, draw_route, figure, route_legend
 from dr.model import DynamicRoutingNet
 from dr.routes import Route
 from dr.space import NUM_SCALES
-from dr.training.files import atomic_write, prepare_folder
+from dr.training.files import atomic_write, created_folder, json_text
 
 #: modes of one channel of more than 8 bits, scaled to [0, 1] by hand (PIL's RGB conversion clips them)
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -63,20 +62,34 @@ def _rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def check_image(path) -> None:
-    """:class:`DataError` unless ``path`` is a file PIL recognises as an image (header only)."""
+def check_image(path) -> tuple[int, int]:
+    """:class:`DataError` unless ``path`` is a file PIL recognises as an image (header only) and agrees
+    to decode: one with more pixels than PIL's guard against decompression bombs allows is refused
+    naming its size. Returns its (H, W) as stored."""
     path = FilePath(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; pass image files (PNG, JPEG, ...)")
     if path.is_dir():
         raise DataError(f"{path} is a folder; pass image files (PNG, JPEG, ...)")
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path):
-            pass
+        Image.MAX_IMAGE_PIXELS = None  # the header's size only, checked below with a message that names it
+        with Image.open(path) as image:
+            width, height = image.size
     except _DECODE_ERRORS as error:
         raise DataError(
             f"{path} is not an image PIL can read ({type(error).__name__}); pass PNG, JPEG or another image file"
         ) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if limit is not None and width * height > 2 * limit:  # where Image.open raises DecompressionBombError
+        side = int((2 * limit) ** 0.5)
+        raise DataError(
+            f"{path} is {height}x{width} ({width * height / 1e6:,.0f} M pixels), more than PIL agrees to decode "
+            f"({2 * limit / 1e6:,.0f} M pixels, its guard against decompression bombs); shrink it, e.g. to "
+            f"{side}x{side} or less, and predict again"
+        )
+    return height, width
 
 
 def read_image(path) -> np.ndarray:
@@ -165,16 +178,23 @@ class Predictor:
         names = tuple(info.class_names)[: model.config.num_classes]
         return cls(model, saved_route(state, model), names, class_colours(cfg.data, model.config.num_classes), device)
 
-    def __call__(self, rgb: np.ndarray, name: str = "") -> tuple[np.ndarray, ImageRoute, tuple[int, int]]:
-        """The (H, W) class map of an RGB image, the route it took and the size it was computed at."""
-        height, width = rgb.shape[:2]
+    def check_size(self, height: int, width: int, name: str = "") -> tuple[int, int]:
+        """The size an HxW image is computed at (each side at least 32), if its forward can fit in
+        memory (:func:`dr.bench.memory.check_memory`)."""
         size = (max(height, MIN_INPUT_SIDE), max(width, MIN_INPUT_SIDE))
         check_memory(
             self.model.config,
             *size,
             what=f"image {name} ({height}x{width})",
             fix="shrink the image or predict it on a machine with more memory",
+            device=self.device,
         )
+        return size
+
+    def __call__(self, rgb: np.ndarray, name: str = "") -> tuple[np.ndarray, ImageRoute, tuple[int, int]]:
+        """The (H, W) class map of an RGB image, the route it took and the size it was computed at."""
+        height, width = rgb.shape[:2]
+        size = self.check_size(height, width, name)
         x = normalise(rgb)
         if size != (height, width):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -202,8 +222,7 @@ def predict_images(checkpoint, images, out, *, device="cpu") -> list[dict]:
     Every input is checked first (nothing is written if one is not an image), and no output may
     overwrite an input."""
     images = [FilePath(p) for p in images]
-    for path in images:
-        check_image(path)
+    sizes = [check_image(path) for path in images]
     out = FilePath(out)
     names = output_names(images)
     inputs = {p.resolve() for p in images}
@@ -212,12 +231,14 @@ def predict_images(checkpoint, images, out, *, device="cpu") -> list[dict]:
             if (out / f"{name}{suffix}").resolve() in inputs:
                 raise DataError(f"--out {out} would overwrite the input {out / (name + suffix)}; choose another --out")
     predictor = Predictor.from_checkpoint(checkpoint, device)
-    prepare_folder(out)
+    for path, (height, width) in zip(images, sizes):  # every size before the first output
+        predictor.check_size(height, width, str(path))
     records = []
-    for path, name in zip(images, names):
-        rgb = read_image(path)
-        classes, info, size = predictor(rgb, str(path))
-        records.append(write_outputs(predictor, path, name, out, rgb.shape[:2], classes, info, size))
+    with created_folder(out):  # a folder made here and left empty by a failure is removed again
+        for path, name in zip(images, names):
+            rgb = read_image(path)
+            classes, info, size = predictor(rgb, str(path))
+            records.append(write_outputs(predictor, path, name, out, rgb.shape[:2], classes, info, size))
     return records
 
 
@@ -253,6 +274,6 @@ def write_outputs(predictor: Predictor, path, name: str, out: FilePath, shape, c
     )
     fig = route_figure(space, info, title)
     atomic_write(record["route_figure"], lambda f: fig.savefig(f, format="png", dpi=110))
-    text = json.dumps(record, indent=2) + "\n"
+    text = json_text(record) + "\n"  # strict JSON: a NaN (a network with NaN weights) as null
     atomic_write(record["record"], lambda f: f.write(text.encode()))
     return record

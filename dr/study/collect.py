@@ -16,7 +16,9 @@ from dr.explore.adaptation import adaptation
 from dr.explore.analysis import gate_values, scale_shares
 from dr.explore.runs import load_run
 from dr.explore.visualise import gate_histogram
-from dr.study.grid import FAST_VARIANTS, ITERS, PAPER, SEEDS, TABLES, VARIANTS, run_dir
+from dr.study.decompose import control_runs, controls, decomposition
+from dr.study.grid import FAST_EXTRA, FAST_VARIANTS, ITERS, PAPER, SEEDS, TABLES, VARIANTS, run_dir
+from dr.study.runner import stale_runs
 from dr.study.statistics import paired_difference, summary
 from dr.study.verdicts import verdicts
 from dr.summary import route_parameters
@@ -36,6 +38,18 @@ def _params_m(folder: FilePath) -> float:
 ROW_KEYS = ("miou", "gflops_avg", "gflops_max", "gflops_min", "gflops_expected_avg", "seconds")
 
 
+def cost_spread_p90(folder: FilePath) -> float | None:
+    """The 5th-95th percentile range of a run's per-image real cost over its mean (``routes.json``):
+    a spread that, unlike max - min, does not grow with the number of images."""
+    path = folder / ROUTES_FILE
+    if not path.exists():
+        return None
+    _, records, _ = load_routes(path)
+    costs = np.array([image["gflops"] for image in records])
+    low, high = np.percentile(costs, [5, 95])
+    return float((high - low) / costs.mean())
+
+
 def collect_rows(out, seeds, variants=VARIANTS) -> dict:
     """Per row: the value of every metric per seed (``per_seed[key][seed]``, for paired comparisons)
     and its mean / std / min / max over seeds."""
@@ -46,18 +60,26 @@ def collect_rows(out, seeds, variants=VARIANTS) -> dict:
         if not done:
             continue
         per_seed: dict[str, dict[str, float]] = {}
-        for _, m in done:
+        for folder, m in done:
             values = {key: m[key] for key in ROW_KEYS}
             values["cost_spread"] = (m["gflops_max"] - m["gflops_min"]) / m["gflops_avg"]
+            values["cost_spread_p90"] = cost_spread_p90(folder)
             for regime in REGIMES:
                 values[f"miou_{regime}"] = m["miou_by_regime"].get(regime)
                 values[f"object_iou_{regime}"] = m["object_iou_by_regime"].get(regime)
             for key, value in values.items():
                 if value is not None:
                     per_seed.setdefault(key, {})[str(m["seed"])] = value
+        made = [m["provenance"] for _, m in done]
         row = {
             "group": v.group,
             "seeds": [m["seed"] for _, m in done],
+            # the commits that trained its seeds, the data design and model semantics they ran on
+            "provenance": {
+                "commit": sorted({p["commit"] or "unknown" for p in made}),
+                "data": made[0]["data"],
+                "semantics": made[0]["semantics"],
+            },
             "overrides": v.overrides,
             "common_of": v.common_of,
             "paper_miou": PAPER.get(v.name, (None, None))[0],
@@ -204,11 +226,29 @@ def latency(
     return {"seed": seed, "images": images, "rounds": rounds, **result}
 
 
+class StudyError(ValueError):
+    """The study's runs cannot be collected as asked; the message names the runs and what to do."""
+
+
 def collect(out, *, seeds=SEEDS, iters: int = ITERS, fast: bool = False, latency_images: int = 24) -> dict:
-    """Everything the study measured, as one JSON-able dict."""
+    """Everything the study measured, as one JSON-able dict. Only the grid's own runs are
+    collected: a run folder holding another run (other settings, an older model semantics or data
+    design, an unreadable file) is refused with :class:`StudyError`, naming it."""
     out = FilePath(out)
     variants = [v for v in VARIANTS if not fast or v.name in FAST_VARIANTS]
+    stale = stale_runs(out, variants, seeds, iters, FAST_EXTRA if fast else None)
+    if stale:
+        raise StudyError(
+            f"{len(stale)} run folder(s) under {out} hold runs other than the grid's {iters}-iteration runs"
+            f"{' (--fast)' if fast else ''}, so no results were written:\n  "
+            + "\n  ".join(stale)
+            + "\ntrain them again (the same command without --no-train retrains exactly these), or pass the "
+            "--iters / --fast they were made with"
+        )
     rows = collect_rows(out, seeds, variants)
+    mixed = sorted({(r["provenance"]["data"], r["provenance"]["semantics"]) for r in rows.values()})
+    if len(mixed) > 1:  # never one table of two data designs or model semantics
+        raise StudyError(f"the runs under {out} mix data designs / model semantics {mixed}; train them again")
     gated = [n for n, r in rows.items() if r["group"] in ("dynamic", "init")]
     fig1 = adaptation_analysis(out, seeds, gated)
     gates = gate_histograms(out, seeds, [n for n in gated if rows[n]["group"] == "dynamic"])
@@ -230,13 +270,16 @@ def collect(out, *, seeds=SEEDS, iters: int = ITERS, fast: bool = False, latency
     return {
         "format": "dr-reproduction",
         "preset": "tiny",
-        "data": "synthetic",
+        "data": next(iter(mixed))[0] if mixed else None,  # the data design (dr.data.data_design)
+        "semantics": next(iter(mixed))[1] if mixed else None,
         "iters": iters,
         "seeds": list(seeds),
         "fast": fast,
         "rows": rows,
         "tables": tables,
         "table1": table1,
+        "decomposition": decomposition(rows),
+        "controls": controls(control_runs(out, seeds)),
         "fig1": fig1,
         "fig5": gates,
         "oracle": oracle,

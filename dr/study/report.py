@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dr.data.synthetic import REGIMES
 from dr.study.grid import BY_NAME, TABLE1_GROUPS, TABLES
+from dr.study.statistics import CONTRADICTED, INCONCLUSIVE, NOT_REPRODUCED, SUPPORTED
 from dr.training.evaluate import write_json
+from dr.training.files import json_safe
 
 
 def verdict_table(results: dict) -> str:
@@ -19,13 +21,20 @@ def verdict_table(results: dict) -> str:
         if v["rule"] not in rules:
             rules.append(v["rule"])
         note = f" ({v['note']})" if v.get("note") else ""
+        if v.get("cost_ratio") is not None:  # results collected before these keys existed have neither
+            note += f"; cost ratio {v['cost_ratio']:.2f}"
+        if v.get("p_holm") is not None:
+            note += f"; Holm p {v['p_holm']:.2g}"
         lines.append(
             f"| {v['claim']} | {v['paper']} | {v['source']} | {v['ours']} | "
             f"**{v['verdict']}** (rule {rules.index(v['rule']) + 1}){note} |"
         )
     counts = {
-        k: sum(v["verdict"] == k for v in results["verdicts"]) for k in ("supported", "inconclusive", "contradicted")
+        k: sum(v["verdict"] == k for v in results["verdicts"])
+        for k in (SUPPORTED, INCONCLUSIVE, NOT_REPRODUCED, CONTRADICTED)
     }
+    if not counts[NOT_REPRODUCED]:  # a kind results collected before it existed never have
+        del counts[NOT_REPRODUCED]
     lines += [
         "",
         ", ".join(f"{n} {k}" for k, n in counts.items()) + f" of {len(results['verdicts'])} verdicts.",
@@ -58,7 +67,8 @@ def rows_table(results: dict, names) -> str:
 
 
 def write_results(results: dict, path) -> None:
-    write_json(results, path)
+    """The results as strict JSON: a statistic that could not be computed (NaN) is ``null``."""
+    write_json(json_safe(results), path)
 
 
 def latency_table(results: dict) -> str:
@@ -74,6 +84,17 @@ def latency_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _rho(seed: dict) -> str:
+    """``+0.12 (0.034)``; ``n/a`` where rho was not computable (NaN, or null in a results file)."""
+    rho = seed["rho"]
+    return "n/a" if rho is None or rho != rho else f"{rho:+.2f} ({seed['p_value']:.3f})"
+
+
+def _percent(share, digits: int) -> str:
+    """``12.5%``; ``n/a`` for a share that could not be computed (NaN, or null in a results file)."""
+    return "n/a" if share is None or share != share else f"{100 * share:.{digits}f}%"
+
+
 def fig1_table(results: dict) -> str:
     """Per model and regime: the share of paths open out of each scale and the fine share, with the
     adaptation statistic per seed (Spearman rho of object size against the fine share)."""
@@ -82,12 +103,12 @@ def fig1_table(results: dict) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for name, r in results.get("fig1", {}).items():
-        rhos = ", ".join(f"{s['rho']:+.2f} ({s['p_value']:.3f})" for s in r["per_seed"])
+        rhos = ", ".join(_rho(s) for s in r["per_seed"])
         for g in REGIMES:
             lines.append(
                 f"| {name} | {g} | "
-                + " / ".join(f"{100 * v:.0f}%" for v in r["usage"][g])
-                + f" | {100 * r['fine_share'][g]:.1f}% | {rhos if g == REGIMES[0] else ''} |"
+                + " / ".join(_percent(v, 0) for v in r["usage"][g])
+                + f" | {_percent(r['fine_share'][g], 1)} | {rhos if g == REGIMES[0] else ''} |"
             )
     return "\n".join(lines)
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 
@@ -26,6 +30,7 @@ from dr.config import (
     preset,
 )
 from dr.data import DATASETS
+from dr.data.synthetic import DEFAULT_SPLIT_SIZES
 from dr.routes import ROUTES, RouteError
 
 #: budget names: ``none`` is Network-Fix (no gates); then :data:`dr.budget.BUDGETS` (Eq. 9);
@@ -42,11 +47,11 @@ def parse_crop(value) -> tuple[int, int]:
     text = str(value).lower().replace(" ", "")
     parts = text.split("x")
     if isinstance(value, (bool, float)) or len(parts) > 2 or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ConfigError(f"--crop must be HxW or N (a square), e.g. 96x128 or 128, got {value!r}")
+        raise ConfigError(f"{flag('crop')} must be HxW or N (a square), e.g. 96x128 or 128, got {value!r}")
     height, width = (int(parts[0]), int(parts[-1]))
     if min(height, width) < MIN_INPUT_SIDE:
         raise ConfigError(
-            f"--crop {height}x{width} is too small: each side must be >= {MIN_INPUT_SIDE} "
+            f"{flag('crop')} {height}x{width} is too small: each side must be >= {MIN_INPUT_SIDE} "
             "because the network down-samples by 32"
         )
     return height, width
@@ -95,7 +100,11 @@ class TrainConfig:
     clip: float = option(5.0, "gradient norm clip")
     drop_path: float = option(0.0, "Scheduled Drop Path probability p (Table 5); 0 = off")
     gate_lr: float = option(1.0, "learning-rate multiplier of the gates")
-    activation: str = option("tanh", "gate activation (Table 3): tanh | sigmoid | softmax | gumbel (binary)")
+    activation: str = option(
+        "tanh",
+        "gate activation (Table 3): tanh | sigmoid | softmax | gumbel (binary) | constant (one learned weight "
+        "per path, no image term)",
+    )
     small_gate: bool | None = option(
         None, "gates on 4x down-sampled features (cheaper); None: on whenever a budget is set, as the paper does"
     )
@@ -140,9 +149,27 @@ class TrainConfig:
         return min(1000, self.iters // 20) if self.warmup is None else self.warmup
 
 
+#: how messages name a field while :func:`naming` is in force; ``None``: by its command-line flag
+_NAMING: ContextVar[Callable[[str], str] | None] = ContextVar("naming", default=None)
+
+
 def flag(name: str) -> str:
-    """The command-line flag of a field: ``kl_weight`` -> ``--kl-weight``."""
-    return "--" + name.replace("_", "-")
+    """The command-line flag of a field, ``kl_weight`` -> ``--kl-weight``: how the messages of this
+    module name a field (inside :func:`naming`, what its function returns instead)."""
+    namer = _NAMING.get()
+    return namer(name) if namer else "--" + name.replace("_", "-")
+
+
+@contextmanager
+def naming(namer: Callable[[str], str]) -> Iterator[None]:
+    """Inside this block the messages of :func:`check_config`, :func:`parse_crop` and
+    :class:`TrainConfig` name a field ``namer(field)`` instead of its flag: a notebook that sets
+    ``iters`` reads ``iters must be an integer >= 1`` (``naming(str)``), the command line ``--iters``."""
+    token = _NAMING.set(namer)
+    try:
+        yield
+    finally:
+        _NAMING.reset(token)
 
 
 def resolve_device(name: str, option: str = "--device") -> torch.device:
@@ -177,7 +204,7 @@ RANGES = {
     "lr": (0, None, False, False, False),
     "gate_lr": (0, None, False, False, False),
     "clip": (0, None, False, False, False),
-    "momentum": (0, None, True, False, False),
+    "momentum": (0, 1, True, False, False),
     "weight_decay": (0, None, True, False, False),
     "kl_weight": (0, None, True, False, False),
     "budget_weight": (0, None, True, False, False),
@@ -217,24 +244,69 @@ def check_config(cfg: TrainConfig) -> None:
     check_choice("budget", cfg.budget, BUDGET_CHOICES, flag("budget"))
     check_choice("gate activation", cfg.activation, GATED_ACTIVATIONS, flag("activation"))
     check_choice("gate init", cfg.gate_init, GATE_INITS, flag("gate_init"))
-    resolve_device(cfg.device)
+    resolve_device(cfg.device, flag("device"))
     if cfg.route is not None and cfg.route not in ROUTES and not cfg.route.endswith(".json"):
         raise RouteError(
             f"unknown route {cfg.route!r}; choose one of {', '.join(ROUTES)} or pass a routes.json "
             "written by 'python -m dr eval' (its common network is trained)"
         )
+    if cfg.route is not None and cfg.route not in ROUTES and Path(cfg.route).is_file():
+        from dr.training.evaluate import load_routes  # a routes file, read against the preset's depth
+
+        load_routes(cfg.route, network=(f"preset {cfg.preset!r}", PRESETS[cfg.preset].depth))
     if cfg.route is not None and cfg.budget not in ("none", "raw"):
-        raise ConfigError(f"a static route has no gates, so budget {cfg.budget!r} cannot apply; drop --budget")
+        raise ConfigError(f"a static route has no gates, so budget {cfg.budget!r} cannot apply; drop {flag('budget')}")
     for name, limits in RANGES.items():
         value = getattr(cfg, name)
         if value is not None or name not in ("warmup", "train_size", "val_size", "budget_weight", "budget_target"):
             check_range(flag(name), value, *limits)
     if cfg.sepconv_repeats is not None and cfg.sepconv_repeats not in SEPCONV_REPEATS:
         raise ConfigError(
-            f"--sepconv-repeats must be one of {', '.join(map(str, SEPCONV_REPEATS))}, got {cfg.sepconv_repeats!r}"
+            f"{flag('sepconv_repeats')} must be one of {', '.join(map(str, SEPCONV_REPEATS))}, "
+            f"got {cfg.sepconv_repeats!r}"
         )
     if cfg.crop is not None:
         parse_crop(cfg.crop)
+    check_data_root(cfg.data, cfg.data_root, flag("data_root"))
+    if cfg.small_gate and (cfg.budget == "none" or cfg.route is not None):
+        without = (
+            f"{flag('budget')} none (Network-Fix)"
+            if cfg.budget == "none"
+            else f"{flag('route')} {cfg.route} (a static route)"
+        )
+        raise ConfigError(
+            f"{flag('small_gate')} means nothing with {without}: it trains no gates; drop {flag('small_gate')}"
+        )
+    if cfg.data == "synthetic":
+        images = DEFAULT_SPLIT_SIZES["train"] if cfg.train_size is None else cfg.train_size
+        batch, size = flag("batch"), flag("train_size")
+        if cfg.batch > images:
+            raise ConfigError(
+                f"{batch} {cfg.batch} is more images than the training set holds ({size} {images}): no "
+                f"iteration could be filled; use {batch} {images} or less, or a larger {size}"
+            )
+    if resolve_device(cfg.device).type == "cpu":  # a GPU's memory is checked where the run holds it
+        from dr.bench.memory import check_memory
+
+        height, width = cfg.crop or DATASETS[cfg.data].train_crop
+        check_memory(
+            model_config(cfg, DATASETS[cfg.data].num_classes),
+            height,
+            width,
+            cfg.batch,
+            what=f"training on {flag('crop')} {height}x{width} with {flag('batch')} {cfg.batch}",
+            fix=f"choose a smaller {flag('crop')} or {flag('batch')}",
+        )
+
+
+def check_data_root(data: str, root, option: str = "--data-root") -> None:
+    """:class:`ConfigError` for a data root given with the embedded data: it is generated and reads
+    no folder, so the root (a typo, or meant for another data set) would be silently ignored."""
+    if data == "synthetic" and root is not None:
+        raise ConfigError(
+            f"{option} {root} was given, but the embedded data (synthetic) is generated and reads no folder; "
+            f"drop {option}, or choose cityscapes / voc as the data set to read that folder"
+        )
 
 
 def differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dr.allocator import keep_freed_memory
+from dr.config import MIN_INPUT_SIDE, ConfigError
 from dr.data.base import IGNORE_INDEX
 from dr.model import RoutingOutput
 from dr.routes import RouteError
@@ -60,6 +61,59 @@ def forward_in_chunks(
             for i in range(0, len(images), per_chunk)
         ]
     )
+
+
+def image_sizes(dataset) -> set[tuple[int, int]]:
+    """The (H, W) of a data set's evaluation images without decoding them all: one sample of a data
+    set whose images share one size (the embedded data), else each image file's header (an
+    unreadable file is left to the evaluation, which names it)."""
+    from PIL import Image
+
+    if getattr(dataset, "uniform_size", False) or not hasattr(dataset, "pairs"):
+        return {tuple(dataset[0]["image"].shape[-2:])} if len(dataset) else set()
+    sizes = set()
+    for image_path, _ in dataset.pairs:
+        try:
+            with Image.open(image_path) as image:
+                sizes.add(image.size[::-1])
+        except (OSError, ValueError, SyntaxError, EOFError):
+            continue
+    return sizes
+
+
+def check_evaluation(config, dataset, *, batch_size: int, scales=(1.0,), device=None) -> None:
+    """:class:`ConfigError` before anything is evaluated if a test-time scale makes an image smaller
+    than the network's smallest input, or if a batch at some scale surely does not fit in memory
+    (:func:`dr.bench.memory.check_memory`, with :func:`dr.bench.memory.evaluation_bytes`)."""
+    from dr.bench.memory import check_memory, evaluation_bytes
+
+    sizes = image_sizes(dataset)
+    if not sizes:
+        return
+    smallest, largest = min(sizes, key=min), max(sizes, key=lambda s: s[0] * s[1])
+    for scale in scales:
+        height, width = round(smallest[0] * scale), round(smallest[1] * scale)
+        if min(height, width) < MIN_INPUT_SIDE:
+            raise ConfigError(
+                f"--scales {scale:g} makes the {smallest[0]}x{smallest[1]} images {height}x{width}, smaller than "
+                f"the network's smallest input ({MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}: it down-samples by 32); "
+                f"use scales of at least {MIN_INPUT_SIDE / min(smallest):.2g}"
+            )
+    batch = min(batch_size, len(dataset)) if getattr(dataset, "uniform_size", False) else 1
+    for scale in scales:
+        height, width = round(largest[0] * scale), round(largest[1] * scale)
+        chunk = images_per_chunk(batch, height, width)
+        check_memory(
+            config,
+            height,
+            width,
+            batch,
+            what=f"evaluating --batch {batch} of {largest[0]}x{largest[1]} images at scale {scale:g} "
+            f"({height}x{width})",
+            fix="use smaller --scales or a smaller --batch",
+            device=device,
+            need=evaluation_bytes(config, *largest, batch, scale, chunk),
+        )
 
 
 def _predict(model, images: torch.Tensor, flip: bool, scales: tuple[float, ...], autocast, route=None):
@@ -205,11 +259,13 @@ def save_routes(routes: dict, path) -> None:
     write_json(routes, path)
 
 
-def load_routes(path) -> tuple[RoutingSpace, list[dict], list[frozenset[Path]]]:
+def load_routes(path, network: tuple[str, int] | None = None) -> tuple[RoutingSpace, list[dict], list[frozenset[Path]]]:
     """Read a routes file: the space, the image records and each image's set of open paths.
 
     Anything that does not hold (JSON, the format tag, the depth and its path list, each image's
-    ``open`` list of path indices) is a :class:`RouteError` naming the file and the record."""
+    ``open`` list of path indices) is a :class:`RouteError` naming the file and the record.
+    ``network``: the name and depth of the network the file is read for (``("preset 'tiny'", 8)``);
+    a file of another depth is refused naming both depths."""
     path = FilePath(path)
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
@@ -228,13 +284,24 @@ def load_routes(path) -> tuple[RoutingSpace, list[dict], list[frozenset[Path]]]:
     depth = data.get("depth")
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise bad(f"'depth' must be an integer >= 1, got {depth!r}")
+    if network is not None and depth != network[1]:
+        raise RouteError(
+            f"routes file {path} comes from a network of depth {depth}, not {network[0]} (depth {network[1]}); "
+            f"pass the routes.json of a run of {network[0]}"
+        )
     space = RoutingSpace(depth)
     try:
         paths = [Path(int(l), int(s), str(d)) for l, s, d in data.get("paths", [])]
     except (TypeError, ValueError):
         raise bad("'paths' must list [layer, scale, direction] triples") from None
     if paths != list(space.paths):
-        raise RouteError(f"{path} lists paths that do not match a space of depth {space.depth}")
+        layers = max((p.layer for p in paths), default=0)
+        theirs = layers >= 1 and set(paths) == set(RoutingSpace(layers).paths) and layers != depth
+        of = f" (that of {network[0]})" if network is not None else ""
+        raise bad(
+            f"its 'paths' are not the {len(space.paths)} paths of a space of depth {depth}{of} in order: "
+            + (f"they are those of a space of depth {layers}" if theirs else f"it lists {len(paths)}")
+        )
     images = data.get("images")
     if not isinstance(images, list) or not images:
         raise bad("it lists no images")

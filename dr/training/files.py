@@ -10,6 +10,10 @@ and file-system errors as one line.
   stale at once and the next run takes it over; the file names the holder (PID, command, start).
 - :func:`remove_stale_temporaries`: the temporaries of writes killed before their rename.
 - :class:`OutputError` and :func:`describe`: what went wrong with a file, in words.
+- :func:`check_output_folder`, :func:`check_output_file`: an output location checked before a
+  command's long work, creating nothing; :func:`created_folder`: a folder a failed command made is
+  removed again while empty.
+- :func:`json_safe`, :func:`json_text`: strict JSON, a NaN (a statistic that cannot be computed) as ``null``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import socket
 import sys
@@ -141,6 +146,83 @@ def prepare_folder(folder: str | os.PathLike, option: str = "--out") -> bool:
             f"cannot create {option} {folder}: {describe(error)}; choose a folder you can write to"
         ) from None
     return True
+
+
+def _writable_ancestor(path: Path, option: str, shown: Path) -> None:
+    """The nearest existing folder above ``path`` must be a folder this process can write to."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{option} {shown}: {parent} is a file, not a folder; choose another {option}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(
+                    f"cannot create {option} {shown}: {parent} is not writable; choose a folder you can write to"
+                )
+            return
+
+
+def check_output_folder(folder: str | os.PathLike, option: str = "--out") -> None:
+    """Raise :class:`OutputError` (naming ``folder`` and the fix) unless ``folder`` is a writable
+    folder or can be created; creates nothing. A command calls it before its long work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder} is a file, not a folder; choose a folder (the file was not changed)")
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} {folder} is not writable; choose a folder you can write to")
+        return
+    _writable_ancestor(folder, option, folder)
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Raise :class:`OutputError` (naming ``path`` and the fix) unless a file can be written at
+    ``path`` (replacing the one there, if any); creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder, not a file; name a file instead (the folder was not changed)")
+    if path.exists():
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot replace {option} {path}: its folder is not writable; choose another {option}")
+        return
+    _writable_ancestor(path, option, path)
+
+
+@contextlib.contextmanager
+def created_folder(folder: str | os.PathLike, option: str = "--out"):
+    """:func:`prepare_folder` for the block; if the block fails, the folders made here are removed
+    again while they are empty, so a command that fails before writing leaves nothing behind (a
+    folder that was there before, or holds a file, is kept)."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    prepare_folder(folder, option)
+    try:
+        yield folder
+    except BaseException:
+        for made in missing:
+            try:
+                made.rmdir()  # only an empty folder
+            except OSError:
+                break
+        raise
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float (numpy's included) replaced by ``None``: JSON has
+    no NaN, and a statistic that cannot be computed is reported as ``null``, not as a number."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):  # numpy's float64 is a float
+        return None
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and value.dtype.kind == "f":
+        return None if not math.isfinite(float(value)) else float(value)
+    return value
+
+
+def json_text(value, indent: int | None = 2) -> str:
+    """``value`` as strict JSON (:func:`json_safe`: no NaN or Infinity)."""
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
 
 
 class FolderLock:

@@ -25,7 +25,7 @@ import dr
 from dr.model import DynamicRoutingNet
 from dr.routes import Route
 from dr.training.config import TrainConfig
-from dr.training.files import atomic_write, command_line
+from dr.training.files import OutputError, atomic_write, command_line
 
 FORMAT = "dr-run-config"
 #: the folder that holds the ``dr`` package (a git checkout, unless dr was installed as a copy)
@@ -114,13 +114,18 @@ def run_config(
     }
 
 
-def write_run_config(path, cfg: TrainConfig, model, route, crop, *, device, start: int, processes: int = 1) -> dict:
-    """Write (or, for a resumed run, extend) ``config.json``; returns what was written."""
+def write_run_config(
+    path, cfg: TrainConfig, model, route, crop, *, device, start: int, processes: int = 1, keep: bool = False
+) -> dict:
+    """Write ``config.json``, or, with ``keep`` (a resumed run), extend its list of sessions;
+    returns what was written. A history that cannot be read is never replaced: :class:`OutputError`."""
     path = Path(path)
     try:
-        previous = json.loads(path.read_text()) if start > 0 and path.is_file() else None
-    except (OSError, ValueError):
-        previous = None  # unreadable: start its session list afresh
+        previous = json.loads(path.read_text()) if keep and path.is_file() else None
+    except (OSError, ValueError) as error:
+        raise OutputError(
+            f"{path} cannot be read ({error}); it holds the run's history: repair it or move it aside"
+        ) from None
     record = run_config(cfg, model, route, crop, device=device, start=start, previous=previous, processes=processes)
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

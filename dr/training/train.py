@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from dr.allocator import keep_freed_memory
 from dr.budget import BUDGETS, Budget, BudgetLoss, SparsityBudgetLoss
-from dr.data import build_dataset, dataset_info
+from dr.data import build_dataset, data_design, dataset_info
 from dr.data.base import IGNORE_INDEX
 from dr.gate import SoftConditionalGate, gumbel_temperature
 from dr.model import DynamicRoutingNet
@@ -61,7 +61,7 @@ from dr.training.files import (
     prepare_folder,
     remove_stale_temporaries,
 )
-from dr.training.record import write_run_config
+from dr.training.record import git_commit, write_run_config
 
 
 class TrainingError(RuntimeError):
@@ -327,18 +327,77 @@ def training_step(
     return numbers | {"fixed_cost": output.fixed_cost}
 
 
-def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device) -> dict | None:
-    """The checkpoint a ``--resume`` continues from (checked against ``cfg``), or ``None`` for a new run."""
-    path = out / CHECKPOINT
-    if path.exists() and not resume:
-        raise CheckpointError(
-            f"{out} already holds a run ({path}); pass --resume to continue it, "
-            "or choose another --out (nothing was changed)"
-        )
-    if not resume:
-        return None
+#: every file a run writes in its folder: a folder that holds any of them holds a run
+RUN_RECORD = (CONFIG, LOG, CHECKPOINT, METRICS, ROUTES_FILE)
+
+
+def run_files(out: str | Path) -> list[str]:
+    """The run files ``out`` holds (:data:`RUN_RECORD`): any of them makes the folder a run's,
+    which only ``--resume`` continues and only ``--overwrite`` replaces."""
+    return [name for name in RUN_RECORD if (Path(out) / name).exists()]
+
+
+def read_run_record(out: str | Path) -> dict | None:
+    """``config.json`` of a run folder (``None`` where it has none). It holds the run's history (one
+    session per start), so an unreadable one is refused, never replaced: :class:`CheckpointError`."""
+    path = Path(out) / CONFIG
     if not path.exists():
-        raise CheckpointError(f"--resume: no checkpoint in {out}; start the run without --resume")
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        why = describe(error) if isinstance(error, OSError) else f"not valid JSON ({error})"
+        raise CheckpointError(
+            f"{path} cannot be read: {why}; it holds the run's history: repair it, or move it aside to start "
+            "that history afresh (nothing was changed)"
+        ) from None
+    if not isinstance(record, dict) or not isinstance(record.get("train_config"), dict):
+        raise CheckpointError(
+            f"{path} is not a run's config.json (no 'train_config' object); repair it or move it aside "
+            "(nothing was changed)"
+        )
+    return record
+
+
+def saved_train_config(out: str | Path) -> dict:
+    """The training configuration ``--resume`` continues: the checkpoint's, or, for a run stopped
+    before its first checkpoint, its ``config.json``'s."""
+    out = Path(out)
+    if (out / CHECKPOINT).exists():
+        return load_checkpoint(out / CHECKPOINT)["train_config"]
+    record = read_run_record(out)
+    if record is None:
+        raise CheckpointError(
+            f"--resume: {out} holds no run (no {CHECKPOINT}, no {CONFIG}); start the run without --resume"
+        )
+    return record["train_config"]
+
+
+def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device, overwrite: bool = False) -> dict | None:
+    """The checkpoint a ``--resume`` continues from (checked against ``cfg``), or ``None`` for a run
+    that starts at iteration 0: a new one, one ``--overwrite`` replaces, or one resumed before its
+    first checkpoint (its ``config.json`` equal to ``cfg``). A folder holding run files is refused
+    without either option; nothing is changed when this raises."""
+    path = out / CHECKPOINT
+    held = run_files(out)
+    if overwrite or not resume:
+        if held and not overwrite:
+            raise CheckpointError(
+                f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --out (nothing was changed)"
+            )
+        return None
+    record = read_run_record(out)  # checked before anything is written: it keeps the run's history
+    if not path.exists():
+        if record is None:
+            raise CheckpointError(f"--resume: no checkpoint in {out} and no {CONFIG}; start the run without --resume")
+        differ = differences(TrainConfig.from_dict(record["train_config"]), cfg)
+        if differ:
+            raise CheckpointError(
+                f"--resume: {out / CONFIG} records other settings ({'; '.join(differ)}); resume with the same "
+                "settings, or choose another --out (nothing was changed)"
+            )
+        return None  # stopped before its first checkpoint: it starts again at iteration 0, its history kept
     state = load_checkpoint(path, map_location=device)
     if "optimizer" not in state:
         raise CheckpointError(
@@ -349,19 +408,26 @@ def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device) -> dict 
     return state
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict | None:
+def train(
+    cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict | None:
     """Train, checkpoint, evaluate; returns the final metrics (also written to ``out/metrics.json``).
 
     Everything that can be refused is checked before ``out`` is created; the run then holds the
-    folder's lock (a second run on it is refused) and writes ``config.json`` first. A new run that
-    stops before its first checkpoint (an error, Ctrl-C) removes what it wrote, so the folder is
-    as it was; a loss that diverges keeps its log. Ctrl-C raises :class:`Interrupted` and a file
-    that cannot be written :class:`OutputError`, each saying which checkpoint is kept.
+    folder's lock (a second run on it is refused) and writes ``config.json`` first. A folder that
+    holds any run file (:data:`RUN_RECORD`) is the user's: only ``resume`` continues it (from its
+    checkpoint, or from iteration 0 with its history kept when it has none) and only ``overwrite``
+    replaces it. A run that stops before its first checkpoint (an error, Ctrl-C) removes the files
+    it created itself, never one that was there before it started; a loss that diverges keeps its
+    log. Ctrl-C raises :class:`Interrupted` and a file that cannot be written :class:`OutputError`,
+    each saying which checkpoint is kept.
 
     Under torchrun every process calls this; process 0 holds the folder and returns the metrics,
     the others return ``None`` (:mod:`dr.training.distributed`). Freed memory stays in the process
     (:func:`dr.allocator.keep_freed_memory`)."""
     check_config(cfg)
+    if resume and overwrite:
+        raise CheckpointError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     keep_freed_memory()
     out = Path(out)
     with join(cfg.device) as world:  # this process alone, or one of the processes torchrun started
@@ -373,7 +439,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         )
         val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
         if not world.writes:  # process 0 holds the folder and sends the checkpoint to resume from
-            return _run(cfg, out, world.receive_start(), world, train_set, val_set, crop, info, False, [])
+            return _run(cfg, out, world.receive_start(), world, train_set, val_set, crop, info, False, [], False)
         created = prepare_folder(out)
         lock = FolderLock(out)
         if not lock.acquire():
@@ -384,6 +450,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 "wait for it to finish or choose another --out (nothing was changed)"
             )
         written: list[Path] = []  # what this call wrote: removed again if a new run stops before its first checkpoint
+        existed = set(run_files(out))  # what was there before: never removed by this call
         try:
             if lock.stale_holder:
                 print(
@@ -391,15 +458,25 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                     "longer running",
                     file=sys.stderr,
                 )
-            state = _resumable_state(cfg, out, resume, world.device if world.size == 1 else "cpu")  # cpu: to send
+            device = world.device if world.size == 1 else "cpu"  # cpu: to send it to the other processes
+            state = _resumable_state(cfg, out, resume, device, overwrite)
+            if overwrite and existed:
+                for name in sorted(existed):
+                    (out / name).unlink()
+                print(
+                    f"note: --overwrite: removed the earlier run's {', '.join(sorted(existed))} from {out}",
+                    file=sys.stderr,
+                )
+                existed = set()
             world.send_start(state)  # several processes: the others start from it too
-            return _run(cfg, out, state, world, train_set, val_set, crop, info, progress, written)
+            return _run(cfg, out, state, world, train_set, val_set, crop, info, progress, written, resume)
         except TrainingError:
             raise  # the log of a diverged run shows how it diverged: kept
         except BaseException:
-            if not resume and not (out / CHECKPOINT).exists():  # nothing to resume: leave no half run
+            if not (out / CHECKPOINT).exists():  # nothing to resume: leave no half run of its own
                 for path in written:
-                    path.unlink(missing_ok=True)
+                    if path.name not in existed:
+                        path.unlink(missing_ok=True)
             raise
         finally:
             lock.release()
@@ -408,10 +485,21 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
 
 
 def _run(
-    cfg: TrainConfig, out: Path, state, world: World, train_set, val_set, crop, info, progress: bool, written
+    cfg: TrainConfig,
+    out: Path,
+    state,
+    world: World,
+    train_set,
+    val_set,
+    crop,
+    info,
+    progress: bool,
+    written,
+    keep_history: bool,
 ) -> dict | None:
     """The body of :func:`train`, holding the folder's lock (process 0 of several: the others write
-    nothing and return ``None``); ``written`` collects the files it starts."""
+    nothing and return ``None``); ``written`` collects the files it starts; ``keep_history``: a
+    resumed run extends ``config.json`` (a run resumed before its first checkpoint has no ``state``)."""
     resume = state is not None
     start = int(state["iteration"]) if resume else 0
     device = world.device
@@ -430,8 +518,18 @@ def _run(
         if world.writes:
             remove_stale_temporaries(out, RUN_FILES)  # of writes killed before their rename
             written.append(out / CONFIG)
-            write_run_config(out / CONFIG, cfg, model, route, crop, device=device, start=start, processes=world.size)
-            if resume:
+            write_run_config(
+                out / CONFIG,
+                cfg,
+                model,
+                route,
+                crop,
+                device=device,
+                start=start,
+                processes=world.size,
+                keep=keep_history,
+            )
+            if keep_history and (out / LOG).exists():
                 _truncate_log(out / LOG, start)
             else:
                 written.append(out / LOG)
@@ -621,12 +719,26 @@ def _train_loop(
     return seconds
 
 
+def provenance(cfg: TrainConfig, model: DynamicRoutingNet) -> dict:
+    """Which code and data produced a result: the git commit of the ``dr`` checkout (``None``
+    outside one; ``dirty`` when it had uncommitted changes), the data design
+    (:func:`dr.data.data_design`) and the model semantics (:attr:`dr.config.ModelConfig.semantics`)."""
+    git = git_commit() or {}
+    return {
+        "commit": git.get("commit"),
+        "dirty": git.get("dirty"),
+        "data": data_design(cfg.data),
+        "semantics": model.config.semantics,
+    }
+
+
 def run_summary(
     cfg: TrainConfig, model: DynamicRoutingNet, route: Route | None, iters: int, seconds: float, crop
 ) -> dict:
-    """The training side of metrics.json."""
+    """The training side of metrics.json, with its provenance (:func:`provenance`)."""
     costs = model.cost_model(*crop)
     return {
+        "provenance": provenance(cfg, model),
         "iters": iters,
         "seconds": seconds,
         "images_per_second": iters * cfg.batch / seconds if seconds > 0 else None,
