@@ -180,9 +180,11 @@ def cmd_bench(args) -> int:
     print(f"  all open      {result['all_open_ms']:9.1f} ms  {result['gflops_all_open']:8.2f} GFLOPs")
     print(f"  route, skip   {result['route_ms']:9.1f} ms  {result['gflops_route']:8.2f} GFLOPs")
     print(f"  route, masked {result['masked_ms']:9.1f} ms")
+    print(f"  route, authors {result['authors_ms']:8.1f} ms  (a cell dropped only when the whole batch closes it)")
     print(
         f"  cost_ratio {result['cost_ratio']:.3f}  latency_ratio {result['latency_ratio']:.3f} "
         f"(rounds {_range(result['latency_ratio_range'])})  latency_masked_ratio {result['latency_masked_ratio']:.3f}"
+        f"  latency_authors_ratio {result['latency_authors_ratio']:.3f}"
     )
     print(
         f"  NCHW layout   {result['all_open_nchw_ms']:9.1f} ms all open ({result['nchw_over_channels_last']:.2f}x the "

@@ -22,7 +22,8 @@ Two details are not in the paper's equations:
   passes its input X on along the keep path, as Eq. 5-6 prescribe for inference;
 - *starved* nodes (this project's choice): a node that no open path reaches for an image is not
   executed at inference, so here its alphas are set to zero for that image too, and training sees
-  what inference runs (the authors' code runs every node and skips only what a whole batch closes).
+  what inference runs (the authors' code runs such a node on its zero input, and skips a cell only where a
+  whole batch closes it: :mod:`dr.authors`).
 
 ``soft`` and ``masked`` run the same code; the names say whether it is training or inference.
 """
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dr.authors import authors_forward
 from dr.cell import Cell, conv_bn, make_transform
 from dr.config import ModelConfig, check_input_size
 from dr.cost import CostModel, expected_cost, padded_size
@@ -47,7 +49,7 @@ from dr.routes import route_masks
 from dr.skipping import skipping_forward
 from dr.space import NUM_SCALES, Node, Path, RoutingSpace, channels
 
-MODES = ("soft", "masked", "skip")
+MODES = ("soft", "masked", "skip", "authors")
 
 
 def node_key(node: Node) -> str:
@@ -214,7 +216,9 @@ class DynamicRoutingNet(nn.Module):
     (B, 3, H, W) with H, W >= 32 (padded to a multiple of 32 inside, logits cropped back).
     ``route`` restricts the network to a :class:`~dr.routes.Route` (or one route per image):
     closed paths get alpha = 0. ``mode``: ``soft`` (training default), ``masked`` (the same dense
-    computation at inference, as the authors' code runs it) or ``skip`` (eval default, Eq. 5-6).
+    computation at inference: every path computed, closed ones times zero), ``skip`` (eval default,
+    Eq. 5-6) or ``authors`` (the authors' inference: a cell dropped only when its gates close for the
+    whole batch, :mod:`dr.authors`); all four give the same logits.
     ``step_rate`` (iteration / total) drives Scheduled Drop Path when ``drop_prob > 0``.
     ``fast_gate`` picks :mod:`dr.gate_fast`'s gate (same parameters as :mod:`dr.gate`'s);
     ``memory_format`` the layout of weights and features (:data:`MEMORY_FORMAT`, channels last).
@@ -279,6 +283,8 @@ class DynamicRoutingNet(nn.Module):
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "skip":
             return skipping_forward(self, images, route=route)  # Eq. 5-6
+        if mode == "authors":  # the authors' inference, for comparison (dr.authors)
+            return authors_forward(self, images, route=route, carried=carried)
         stem, masks = self.begin(images, route)
         arriving = {Node(0, 0): [stem]}  # the Y that reach each node; the stem feeds the initial node
         reached = {Node(0, 0): torch.ones(len(images), dtype=torch.bool, device=images.device)}

@@ -10,7 +10,7 @@ from conftest import small_config
 import dr.explore.controls as controls_module
 from dr.data.synthetic import SyntheticShapes
 from dr.explore.controls import route_controls, swap_alphas
-from dr.model import DynamicRoutingNet
+from dr.model import DynamicRoutingNet, node_key
 from dr.study.decompose import controls, decomposition
 
 
@@ -66,18 +66,11 @@ def test_each_control_feeds_the_network_the_alphas_it_defines(monkeypatch, image
     route_controls(model, data, batch=5, seed=0)
     (all_images, own), (_, mean), (_, pattern), *swaps = tables
     assert own is None and all_images == list(range(12))
-    # the gates' own alphas, recorded image by image
+    # the alphas each image took (after the bypass threshold and the closing of starved nodes), one by one
     with torch.no_grad():
-        recorded = {name: [] for name in model.nodes}
-        hooks = [
-            node.gate.register_forward_hook(lambda m, i, o, name=name: recorded[name].append(o))
-            for name, node in model.nodes.items()
-        ]
-        for i in range(12):
-            model(data[i]["image"][None], mode="soft")
-        for h in hooks:
-            h.remove()
-    alphas = {name: torch.cat(v) for name, v in recorded.items()}
+        outs = [model(data[i]["image"][None], mode="soft") for i in range(12)]
+    alphas = {node_key(node): torch.cat([o.gates[node] for o in outs]) for node in model.space.nodes}
+    regimes = [data[i]["regime"] for i in range(12)]
     mixed_pattern = False
     for name, a in alphas.items():
         opened = a > 0
@@ -95,8 +88,17 @@ def test_each_control_feeds_the_network_the_alphas_it_defines(monkeypatch, image
                 table[name][rows][borrowed_open & ~opened[rows]],
                 open_mean.expand(len(rows), -1)[borrowed_open & ~opened[rows]],
             )
+    # each borrowed pattern is, over every node, the whole pattern of an image of the other regime
+    # (swapped) or of another image of the same regime (within)
+    whole = torch.cat([alphas[name] > 0 for name in sorted(alphas)], dim=1)  # (12, all paths)
+    for k, (rows, table) in enumerate(swaps):
+        borrowed = torch.cat([table[name][rows] > 0 for name in sorted(alphas)], dim=1)
+        for position, image in enumerate(rows):
+            same = [j for j in range(12) if regimes[j] == regimes[image] and j != image]
+            other = [j for j in range(12) if regimes[j] not in (regimes[image], "mixed")]
+            candidates = other if k % 2 == 0 else same
+            assert any(torch.equal(borrowed[position], whole[j]) for j in candidates), (k, image)
     assert mixed_pattern, "the fixture should close some paths for some images only"
-    regimes = [data[i]["regime"] for i in range(12)]
     assert [sorted({regimes[i] for i in rows}) for rows, _ in swaps] == [["small"], ["small"], ["large"], ["large"]]
 
 

@@ -162,3 +162,19 @@ def test_no_train_refuses_runs_of_another_configuration_naming_them(tmp_path):
         collect(tmp_path, seeds=(0,), iters=40)
     assert main(["study", "--out", str(tmp_path), "--no-train", "--seeds", "0", "--iters", "50", "--fast"]) == 2
     assert not (tmp_path / "reproduction.json").exists() and not (tmp_path / "figures").exists()
+
+
+def test_overwrite_deletes_the_old_run_only_once_the_new_one_is_built(tmp_path, capsys, monkeypatch):
+    """A new run that cannot be built (here: its route refused) leaves the run it would replace intact."""
+    from dr.routes import RouteError
+
+    out = finished_run(tmp_path, capsys)
+    before = snapshot(out)
+
+    def refused(*args, **kwargs):
+        raise RouteError("the common network is empty at this threshold")
+
+    monkeypatch.setattr(train_module, "build_run", refused)
+    assert main(["train", "--out", str(out), *SMALL_RUN, "--overwrite"]) == 2
+    assert "common network is empty" in capsys.readouterr().err
+    assert snapshot(out) == before

@@ -133,7 +133,10 @@ def benchmark(
 
     - ``all_open``: every path of every image executed (skipping inference with every gate open);
     - ``route``: every image on the route ``route_name``, real skipping;
-    - ``masked``: the same route computed densely and multiplied by zero (the authors' execution);
+    - ``masked``: the same route computed densely and multiplied by zero;
+    - ``authors``: the same route as the authors' inference executes it (a cell dropped only where
+      its gates close for the whole batch, closed paths of running cells computed and zeroed:
+      :mod:`dr.authors`);
     - ``all_open_nchw`` and ``route_nchw``: the first two with the same weights in the NCHW layout
       (``nchw_over_channels_last``: what :data:`dr.model.MEMORY_FORMAT` saves);
     - with ``batch > 1``, ``mixed``: each image on its own route (``route_name``, then the other classic
@@ -174,6 +177,7 @@ def benchmark(
         "all_open": lambda: forward_in_chunks(model, images, mode="skip", max_pixels=chunk),
         "route": lambda: forward_in_chunks(model, images, route=route, mode="skip", max_pixels=chunk),
         "masked": lambda: forward_in_chunks(model, images, route=route, mode="masked", max_pixels=chunk),
+        "authors": lambda: forward_in_chunks(model, images, route=route, mode="authors", max_pixels=chunk),
         "all_open_nchw": lambda: forward_in_chunks(nchw, images, mode="skip", max_pixels=chunk),
         "route_nchw": lambda: forward_in_chunks(nchw, images, route=route, mode="skip", max_pixels=chunk),
     }
@@ -226,6 +230,11 @@ def benchmark(
         "latency_ratio": ms["route"] / ms["all_open"],
         "latency_ratio_range": spread("route"),
         "latency_masked_ratio": ms["masked"] / ms["all_open"],
+        "authors_ms": ms["authors"],
+        "latency_authors_ratio": ms["authors"] / ms["all_open"],
+        "latency_authors_ratio_range": spread("authors"),
+        "route_over_authors": ms["route"] / ms["authors"],
+        "max_abs_diff_skip_vs_authors": float((outputs["route"].logits - outputs["authors"].logits).abs().max()),
         "max_abs_diff_skip_vs_masked": float((outputs["route"].logits - outputs["masked"].logits).abs().max()),
         "all_open_nchw_ms": ms["all_open_nchw"],
         "route_nchw_ms": ms["route_nchw"],
@@ -262,7 +271,9 @@ def trained_latency(
     """Batch-1 latency of trained models, interleaved image by image (each image through every
     model in turn, ``rounds`` times): median ms per image and mean real GFLOPs, each also as a
     ratio to ``baseline``. Every gated model also runs ``masked`` (every path computed and
-    multiplied by zero, as the authors' code runs), whose cost is the all-open network's."""
+    multiplied by zero), whose cost is the all-open network's, and ``authors`` (the authors'
+    inference, :mod:`dr.authors`: at batch 1 a cell is dropped where its image closes it, the
+    closed paths of a running cell are computed; its cost is given as masked's, an upper bound)."""
     keep_freed_memory()  # as on the command line (dr.allocator)
     calls = {}
     for name, model in models.items():
@@ -270,6 +281,7 @@ def trained_latency(
         calls[name] = (model, "skip")
         if model.config.gated:
             calls[f"{name} (masked)"] = (model, "masked")
+            calls[f"{name} (authors)"] = (model, "authors")
     times: dict[str, list[float]] = {k: [] for k in calls}
     cost: dict[str, list[float]] = {k: [] for k in calls}
     with torch.inference_mode():

@@ -17,8 +17,10 @@ forward, Eq. 4) with every gate's alphas replaced, and reports mIoU per image re
   within-regime swap changes the pattern as often, with the same density statistics, so what the
   cross-regime swap costs beyond it is what the regime's routes carry.
 
-The replaced alphas pass through the network's own rules (route masks, the bypass threshold,
-starved nodes), as the gates' outputs would.
+The alphas and patterns are the ones the images really took: a forward's
+:attr:`dr.model.RoutingOutput.gates`, after the route masks, the bypass threshold and the
+closing of starved nodes. The replaced alphas pass through the same rules again, as the gates'
+outputs would.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from dr.model import DynamicRoutingNet
+from dr.model import DynamicRoutingNet, node_key
 from dr.training.metrics import ConfusionMatrix
 
 #: the regimes whose routes are swapped (the embedded data's two pure regimes)
@@ -47,8 +49,8 @@ class _Substitute:
     def __init__(self, model: DynamicRoutingNet):
         self.gates = {name: node.gate for name, node in model.nodes.items() if node.gate is not None}
         self.rows: list[int] = []
-        self.table: dict[str, torch.Tensor] | None = None  # None: record the gates' own outputs
-        self.seen: dict[str, list[torch.Tensor]] = {name: [] for name in self.gates}
+        self.table: dict[str, torch.Tensor] | None = None  # None: the gates' own outputs
+        self.seen: dict[str, list[torch.Tensor]] = {name: [] for name in self.gates}  # alphas the images took
         self.originals = {name: gate.forward for name, gate in self.gates.items()}
 
     def __enter__(self):
@@ -63,9 +65,7 @@ class _Substitute:
     def _forward(self, name: str):
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self.table is None:
-                alpha = self.originals[name](x)
-                self.seen[name].append(alpha.detach())
-                return alpha
+                return self.originals[name](x)
             return self.table[name][self.rows].to(x.dtype)
 
         return forward
@@ -73,14 +73,19 @@ class _Substitute:
 
 def _miou(model, dataset, indices, batch, substitute: _Substitute, table) -> dict[str, float]:
     """mIoU of the images ``indices`` per regime (and ``all``) with the gates' alphas from ``table``
-    (``None``: their own outputs, recorded)."""
+    (``None``: their own outputs; the alphas the images took are then recorded in ``substitute.seen``)."""
     matrices: dict[str, ConfusionMatrix] = {}
     total = ConfusionMatrix(model.config.num_classes)
     substitute.table = table
     with torch.no_grad():
         for rows, b in _batches(dataset, indices, batch):
             substitute.rows = rows
-            predicted = model(b["image"], mode="soft").logits.argmax(1)
+            out = model(b["image"], mode="soft")
+            if table is None:
+                for node, alpha in out.gates.items():
+                    if node_key(node) in substitute.seen:
+                        substitute.seen[node_key(node)].append(alpha)
+            predicted = out.logits.argmax(1)
             for i, regime in enumerate(b["regime"]):
                 matrices.setdefault(regime, ConfusionMatrix(model.config.num_classes)).update(
                     predicted[i : i + 1], b["label"][i : i + 1]
@@ -99,9 +104,14 @@ def swap_alphas(own: torch.Tensor, borrowed: torch.Tensor, open_mean: torch.Tens
 
 def _partners(rng: np.random.Generator, sources: list[int], targets: list[int]) -> list[int]:
     """For each image of ``sources``, an image of ``targets`` to borrow from (never itself)."""
-    if sources is targets or sources == targets:  # within a regime: a random derangement
-        order = list(rng.permutation(len(sources)))
-        return [sources[(k + 1) % len(sources)] for k in order] if len(sources) > 1 else list(sources)
+    if sources is targets or sources == targets:  # within a regime: a random derangement (one cycle)
+        if len(sources) < 2:
+            return list(sources)
+        order = rng.permutation(len(sources))
+        partners = [0] * len(sources)
+        for k in range(len(sources)):
+            partners[order[k]] = sources[order[(k + 1) % len(sources)]]
+        return partners
     return [targets[k] for k in rng.integers(0, len(targets), size=len(sources))]
 
 

@@ -20,9 +20,9 @@ from dr.study.decompose import control_runs, controls, decomposition
 from dr.study.grid import FAST_EXTRA, FAST_VARIANTS, ITERS, PAPER, SEEDS, TABLES, VARIANTS, run_dir
 from dr.study.runner import stale_runs
 from dr.study.statistics import paired_difference, summary
-from dr.study.verdicts import verdicts
+from dr.study.verdicts import cost_matching, verdicts
 from dr.summary import route_parameters
-from dr.training.checkpoint import CHECKPOINT, METRICS, ROUTES_FILE
+from dr.training.checkpoint import METRICS, ROUTES_FILE
 from dr.training.evaluate import load_routes
 from dr.training.metrics import ConfusionMatrix
 
@@ -77,8 +77,9 @@ def collect_rows(out, seeds, variants=VARIANTS) -> dict:
             # the commits that trained its seeds, the data design and model semantics they ran on
             "provenance": {
                 "commit": sorted({p["commit"] or "unknown" for p in made}),
-                "data": made[0]["data"],
-                "semantics": made[0]["semantics"],
+                "dirty": any(p.get("dirty") for p in made),
+                "data": sorted({p["data"] for p in made})[0] if len({p["data"] for p in made}) == 1 else None,
+                "semantics": made[0]["semantics"] if len({p["semantics"] for p in made}) == 1 else None,
             },
             "overrides": v.overrides,
             "common_of": v.common_of,
@@ -191,7 +192,7 @@ def gate_histograms(
         values, closed = [], {}
         for seed in seeds:
             folder = run_dir(out, name, seed)
-            if (folder / CHECKPOINT).exists():
+            if (folder / METRICS).exists():
                 run = load_run(folder)
                 val = SyntheticShapes("val", seed=seed, size=run.config.val_size)
                 batch = torch.stack([val[i]["image"] for i in range(min(images, len(val)))])
@@ -216,8 +217,9 @@ def latency(
 ) -> dict:
     """Batch-1 CPU latency of trained models, interleaved image by image: median ms per image,
     real GFLOPs, and both as ratios to Network-Fix; dynamic models also in ``masked`` mode
-    (everything computed and multiplied by zero, as the authors' code runs)."""
-    runs = {n: load_run(run_dir(out, n, seed)) for n in names if (run_dir(out, n, seed) / CHECKPOINT).exists()}
+    (everything computed and multiplied by zero) and as the authors' inference runs them
+    (``authors``, :mod:`dr.authors`)."""
+    runs = {n: load_run(run_dir(out, n, seed)) for n in names if (run_dir(out, n, seed) / METRICS).exists()}
     if "Network-Fix" not in runs:
         return {}
     val = SyntheticShapes("val", seed=seed)
@@ -246,8 +248,8 @@ def collect(out, *, seeds=SEEDS, iters: int = ITERS, fast: bool = False, latency
             "--iters / --fast they were made with"
         )
     rows = collect_rows(out, seeds, variants)
-    mixed = sorted({(r["provenance"]["data"], r["provenance"]["semantics"]) for r in rows.values()})
-    if len(mixed) > 1:  # never one table of two data designs or model semantics
+    mixed = sorted({(r["provenance"]["data"], r["provenance"]["semantics"]) for r in rows.values()}, key=str)
+    if len(mixed) > 1 or (mixed and None in mixed[0]):  # never one table of two data designs or semantics
         raise StudyError(f"the runs under {out} mix data designs / model semantics {mixed}; train them again")
     gated = [n for n, r in rows.items() if r["group"] in ("dynamic", "init")]
     fig1 = adaptation_analysis(out, seeds, gated)
@@ -279,6 +281,7 @@ def collect(out, *, seeds=SEEDS, iters: int = ITERS, fast: bool = False, latency
         "tables": tables,
         "table1": table1,
         "decomposition": decomposition(rows),
+        "cost_matching": cost_matching(rows),
         "controls": controls(control_runs(out, seeds)),
         "fig1": fig1,
         "fig5": gates,

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dr.data.synthetic import REGIMES, SyntheticShapes
 from dr.explore.controls import SWAPPED, route_controls
 from dr.explore.runs import load_run
-from dr.study.grid import TABLES, run_dir
+from dr.study.grid import TABLES, VARIANTS, run_dir
 from dr.study.statistics import Interval, interval, paired_difference
-from dr.training.checkpoint import CHECKPOINT
+from dr.training.checkpoint import METRICS
 
 #: the decomposition's steps: (what the step adds, from, to)
 STEPS = (
@@ -28,8 +28,8 @@ STEPS = (
     ("budget C", "Dynamic-Raw", "Dynamic-C"),
     ("all of it (Raw)", "Network-Fix", "Dynamic-Raw"),
 )
-#: the rows whose gates the controls replace
-CONTROLLED = ("Dynamic-Raw", "Dynamic-A", "Dynamic-B", "Dynamic-C")
+#: the rows whose gates the controls replace: Raw and every budgeted row
+CONTROLLED = ("Dynamic-Raw", "Dynamic-A", "Dynamic-B", "Dynamic-C", *(v.name for v in VARIANTS if v.group == "matched"))
 
 assert {name for _, a, b in STEPS for name in (a, b)} <= set(TABLES["decomposition"])
 
@@ -69,7 +69,7 @@ def control_runs(out, seeds, names=CONTROLLED, *, batch: int = 24) -> dict[str, 
     for name in names:
         for seed in seeds:
             folder = run_dir(out, name, seed)
-            if not (folder / CHECKPOINT).exists():
+            if not (folder / METRICS).exists():  # finished runs only (collect refused any other)
                 continue
             run = load_run(folder)
             val = SyntheticShapes("val", seed=seed, size=run.config.val_size)

@@ -38,7 +38,8 @@ class Variant:
     """One row of the study: a name, a group and the training settings that differ from the tutorial."""
 
     name: str
-    group: str  # static | calibration | fix | decomposition | dynamic | common | init | matched | activation | cell | hard
+    # static | calibration | fix | decomposition | dynamic | common | init | matched | activation | cell | hard
+    group: str
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
     common_of: str | None = None  # Common-X: the dynamic row whose routes give the static route
     max_seeds: int = 5  # rows outside Tables 1 and 4 run on fewer seeds

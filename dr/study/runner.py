@@ -55,6 +55,9 @@ def run_status(folder, cfg: TrainConfig) -> tuple[str, str]:
         return "other", f"made with other settings ({'; '.join(differ)})"
     path = folder / METRICS
     if not path.exists():
+        design = (read_run_record(folder) or {}).get("data_design")  # recorded since model semantics 2
+        if design is not None and design != data_design(cfg.data):
+            return "other", f"a run on data design {design}, this code draws {data_design(cfg.data)}"
         if (folder / CHECKPOINT).exists():
             try:
                 semantics = ModelConfig.from_dict(load_checkpoint(folder / CHECKPOINT)["model_config"]).semantics
@@ -159,6 +162,8 @@ def _train_one(out, variant: Variant, seed: int, iters: int, extra, shipped, pro
     folder = run_dir(out, variant.name, seed)
     cfg = config_for(variant, seed, iters, out, extra)
     status, why = run_status(folder, cfg)
+    if status == "finished":  # another process finished it since this one looked
+        return
     if status in ("other", "corrupt"):
         print(f"[{label}] {variant.name} seed {seed}: {folder} holds {why}: training it again", flush=True)
     source = FilePath(shipped) / SHIPPED[variant.name] if shipped and variant.name in SHIPPED else None

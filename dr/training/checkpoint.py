@@ -39,7 +39,9 @@ METRICS = "metrics.json"
 ROUTES_FILE = "routes.json"
 CONFIG = "config.json"
 #: the files a run writes through a temporary (whose leftovers a new run removes)
-RUN_FILES = (CHECKPOINT, METRICS, ROUTES_FILE, CONFIG)
+RUN_FILES = (CHECKPOINT, METRICS, ROUTES_FILE, CONFIG, LOG)
+#: every file a run writes in its folder: a folder that holds any of them holds a run
+RUN_RECORD = (CONFIG, LOG, CHECKPOINT, METRICS, ROUTES_FILE)
 
 FORMAT = "dr-checkpoint"
 VERSION = 1

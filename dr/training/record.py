@@ -22,6 +22,7 @@ import torch
 import torchvision
 
 import dr
+from dr.data import data_design
 from dr.model import DynamicRoutingNet
 from dr.routes import Route
 from dr.training.config import TrainConfig
@@ -110,6 +111,7 @@ def run_config(
         "model_config": model.config.to_dict(),
         "resolved": {"crop": list(crop), "warmup_iters": cfg.warmup_iters, "small_gate": model.config.small_gate},
         "route": None if route is None else route.to_record(),
+        "data_design": data_design(cfg.data),  # dr.data.data_design: what a resumed run must draw again
         "sessions": sessions,
     }
 

@@ -44,6 +44,7 @@ from dr.training.checkpoint import (
     METRICS,
     ROUTES_FILE,
     RUN_FILES,
+    RUN_RECORD,
     CheckpointError,
     load_checkpoint,
     load_model_state,
@@ -327,10 +328,6 @@ def training_step(
     return numbers | {"fixed_cost": output.fixed_cost}
 
 
-#: every file a run writes in its folder: a folder that holds any of them holds a run
-RUN_RECORD = (CONFIG, LOG, CHECKPOINT, METRICS, ROUTES_FILE)
-
-
 def run_files(out: str | Path) -> list[str]:
     """The run files ``out`` holds (:data:`RUN_RECORD`): any of them makes the folder a run's,
     which only ``--resume`` continues and only ``--overwrite`` replaces."""
@@ -368,7 +365,8 @@ def saved_train_config(out: str | Path) -> dict:
     record = read_run_record(out)
     if record is None:
         raise CheckpointError(
-            f"--resume: {out} holds no run (no {CHECKPOINT}, no {CONFIG}); start the run without --resume"
+            f"--resume: {out} holds no run to continue (no {CHECKPOINT}, no {CONFIG}); start the run without "
+            "--resume (with --overwrite if the folder holds other run files)"
         )
     return record["train_config"]
 
@@ -390,7 +388,10 @@ def _resumable_state(cfg: TrainConfig, out: Path, resume: bool, device, overwrit
     record = read_run_record(out)  # checked before anything is written: it keeps the run's history
     if not path.exists():
         if record is None:
-            raise CheckpointError(f"--resume: no checkpoint in {out} and no {CONFIG}; start the run without --resume")
+            raise CheckpointError(
+                f"--resume: {out} holds no checkpoint and no {CONFIG} to continue from; start the run without "
+                "--resume (with --overwrite if the folder holds other run files)"
+            )
         differ = differences(TrainConfig.from_dict(record["train_config"]), cfg)
         if differ:
             raise CheckpointError(
@@ -439,7 +440,7 @@ def train(
         )
         val_set = build_dataset(cfg.data, "val", root=cfg.data_root, train=False, seed=cfg.seed, size=cfg.val_size)
         if not world.writes:  # process 0 holds the folder and sends the checkpoint to resume from
-            return _run(cfg, out, world.receive_start(), world, train_set, val_set, crop, info, False, [], False)
+            return _run(cfg, out, world.receive_start(), world, train_set, val_set, crop, info, False, [], False, [])
         created = prepare_folder(out)
         lock = FolderLock(out)
         if not lock.acquire():
@@ -460,16 +461,10 @@ def train(
                 )
             device = world.device if world.size == 1 else "cpu"  # cpu: to send it to the other processes
             state = _resumable_state(cfg, out, resume, device, overwrite)
-            if overwrite and existed:
-                for name in sorted(existed):
-                    (out / name).unlink()
-                print(
-                    f"note: --overwrite: removed the earlier run's {', '.join(sorted(existed))} from {out}",
-                    file=sys.stderr,
-                )
-                existed = set()
+            replaced = sorted(existed) if overwrite else []  # deleted by _run once the new run is built
+            existed = existed - set(replaced)
             world.send_start(state)  # several processes: the others start from it too
-            return _run(cfg, out, state, world, train_set, val_set, crop, info, progress, written, resume)
+            return _run(cfg, out, state, world, train_set, val_set, crop, info, progress, written, resume, replaced)
         except TrainingError:
             raise  # the log of a diverged run shows how it diverged: kept
         except BaseException:
@@ -496,10 +491,12 @@ def _run(
     progress: bool,
     written,
     keep_history: bool,
+    replaced: list[str],
 ) -> dict | None:
     """The body of :func:`train`, holding the folder's lock (process 0 of several: the others write
     nothing and return ``None``); ``written`` collects the files it starts; ``keep_history``: a
-    resumed run extends ``config.json`` (a run resumed before its first checkpoint has no ``state``)."""
+    resumed run extends ``config.json`` (a run resumed before its first checkpoint has no ``state``);
+    ``replaced``: the earlier run's files ``--overwrite`` deletes, once this run is built."""
     resume = state is not None
     start = int(state["iteration"]) if resume else 0
     device = world.device
@@ -516,6 +513,10 @@ def _run(
                 _set_rng_state(state["rng"])
             seconds = float(state["seconds"])
         if world.writes:
+            for name in replaced:  # --overwrite: the new run could be built, so the old one goes
+                (out / name).unlink(missing_ok=True)
+            if replaced:
+                print(f"note: --overwrite: removed the earlier run's {', '.join(replaced)} from {out}", file=sys.stderr)
             remove_stale_temporaries(out, RUN_FILES)  # of writes killed before their rename
             written.append(out / CONFIG)
             write_run_config(
