@@ -16,10 +16,15 @@ Table 3 compares other activations: ``sigmoid`` (never exactly 0, so nothing is 
 is handled by the model, not by this module.
 
 ``gumbel`` is not from the paper but from pixel-wise attentional gating (``../shared/paper``
-slides): *binary* gates. In training, alpha = 1[sigmoid((G + l) / tau) > 0.5] with logistic noise
-l = log u - log(1 - u) (the difference of two Gumbel variables), and the gradient of the soft
-value sigmoid((G + l) / tau) passes straight through the threshold; tau anneals from
-:data:`GUMBEL_TAU_START` to :data:`GUMBEL_TAU_END` over training. At inference alpha = 1[G > 0].
+slides): *binary* gates. In training, alpha = 1[sigmoid((G + tau l) / tau) > 0.5] = 1[G + tau l > 0]
+with logistic noise l = log u - log(1 - u) (the difference of two Gumbel variables), and the
+gradient of the soft value sigmoid((G + tau l) / tau) passes straight through the threshold; tau
+anneals from :data:`GUMBEL_TAU_START` to :data:`GUMBEL_TAU_END` over training. At inference
+alpha = 1[G > 0]. The noise is scaled by tau so that the routes sampled in training become the
+deterministic ones of inference as tau falls: with 1[G + l > 0] (tau dividing only the soft
+value) a decision flips with probability sigmoid(-|G|) to the end, and a trained network (median
+|G| 1.4, 21% of decisions flipped on average) trained on random routes and was evaluated on
+deterministic ones: 69.8 mIoU against 91.2 with the noise annealed (Hard + Eq. 9 (A), seed 0).
 
 This module is the version to read against the paper. :mod:`dr.gate_fast` computes the same
 function with the same parameters faster; the model uses that one, and a test keeps them equal.
@@ -48,7 +53,7 @@ def gumbel_gate(logits: torch.Tensor, temperature: float, training: bool) -> tor
     if not training:
         return (logits > 0).to(logits.dtype)
     u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
-    noise = torch.log(u) - torch.log1p(-u)  # logistic = difference of two Gumbel(0, 1)
+    noise = temperature * (torch.log(u) - torch.log1p(-u))  # logistic (two Gumbel(0, 1) apart), annealed with tau
     soft = torch.sigmoid((logits + noise) / temperature)
     hard = (soft > 0.5).to(logits.dtype)
     return hard + (soft - soft.detach())  # value: exactly hard (0 or 1); gradient: the soft sample's

@@ -73,11 +73,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("Sigmoid", "activation", {"activation": "sigmoid"}, max_seeds=5),  # the decomposition's context step
     Variant("SepConv x1", "cell", {"sepconv_repeats": 1}, max_seeds=3),
     Variant("SepConv x3", "cell", {"sepconv_repeats": 3}, max_seeds=3),
-    Variant("Hard + Eq. 9 (A)", "hard", {"activation": "gumbel", "budget": "A"}, max_seeds=3),
-    Variant("Soft + KL", "hard", {"budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=3),
-    Variant(
-        "Hard + KL", "hard", {"activation": "gumbel", "budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}, max_seeds=3
-    ),
+    Variant("Hard + Eq. 9 (A)", "hard", {"activation": "gumbel", "budget": "A"}),
+    Variant("Soft + KL", "hard", {"budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}),
+    Variant("Hard + KL", "hard", {"activation": "gumbel", "budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 #: groups of Table 1's and Table 4's rows, the calibration and the init comparison: always every seed
