@@ -139,3 +139,30 @@ def test_the_decomposition_and_the_controls_summarise_paired_differences_in_poin
     assert swap["difference"] == pytest.approx(-11.0) and swap["seeds"] == 2
     assert swap["within_regime"]["difference"] == pytest.approx(-1.5)
     assert swap["beyond_within"]["difference"] == pytest.approx(-9.5)
+
+
+def test_the_study_draws_the_decomposition_per_regime_with_intervals():
+    from dr.explore.figures import draw_study_figures
+    from dr.study.statistics import summary
+
+    chain = ["Network-Fix", "Constant paths", "Sigmoid", "Dynamic-Raw"]
+    rows = {}
+    for k, name in enumerate(chain):
+        per_seed = {
+            key: {str(s): 0.8 + 0.03 * k + 0.01 * s for s in range(3)}
+            for key in ("miou", "miou_small", "miou_large", "miou_mixed")
+        }
+        rows[name] = {"per_seed": per_seed, "group": "fix", "gflops_avg": {"mean": 0.03, "std": 0.0}}
+        rows[name] |= {key: summary(list(v.values())) for key, v in per_seed.items()}
+    results = {"rows": rows, "fig1": {}, "fig5": {}, "tables": {"decomposition": chain, "table1": []}}
+    fig = draw_study_figures(results)["study_decomposition.png"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "all images",
+        "small-object images",
+        "large-object images",
+        "mixed-object images",
+    ]
+    line = ax.lines[0]  # all images: the means in points
+    assert line.get_ydata().tolist() == pytest.approx([81.0, 84.0, 87.0, 90.0])
+    assert ax.get_ylabel() == "mIoU (%)"

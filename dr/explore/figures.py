@@ -27,6 +27,7 @@ from dr.explore.visualise import (
     plot_budget_curves,
     plot_budget_loss,
     plot_data_samples,
+    plot_decomposition,
     plot_gate_activations,
     plot_gate_distribution,
     plot_gate_histograms,
@@ -39,6 +40,7 @@ from dr.explore.visualise import (
 )
 from dr.routes import CLASSIC_ROUTES, named_route
 from dr.space import RoutingSpace
+from dr.study.statistics import interval
 from dr.summary import summarize
 from dr.training.checkpoint import CheckpointError
 from dr.training.files import atomic_write, check_output_folder, created_folder, describe
@@ -287,6 +289,12 @@ def study_figures(results: dict, out) -> list[FilePath]:
     return [save_figure(fig, FilePath(out) / name) for name, fig in draw_study_figures(results).items()]
 
 
+def _half_width(per_seed: dict) -> float | None:
+    """Half the width of the 95% interval over seeds of per-seed values (``None`` with fewer than 2)."""
+    values = interval(per_seed)
+    return None if values is None else (values.high - values.low) / 2
+
+
 def draw_study_figures(results: dict) -> dict:
     """The study's figures by file name, drawn from the results alone: scale use per regime (Fig. 1),
     gate histograms (Fig. 5), mIoU against cost of every row, and mIoU per regime of Table 1's rows."""
@@ -313,6 +321,14 @@ def draw_study_figures(results: dict) -> dict:
     ]
     if points:
         figures["study_miou_vs_cost.png"] = plot_miou_vs_cost(points)
+    chain = [n for n in results["tables"].get("decomposition", []) if n in rows]
+    if len(chain) >= 2:
+        parts = ["all", *REGIMES]
+        keys = {"all": "miou", **{g: f"miou_{g}" for g in REGIMES}}
+        spread = {g: [_half_width(rows[n]["per_seed"].get(keys[g], {})) for n in chain] for g in parts}
+        figures["study_decomposition.png"] = plot_decomposition(
+            chain, {g: [rows[n][keys[g]]["mean"] for n in chain] for g in parts}, spread
+        )
     table1 = [n for n in results["tables"]["table1"] if n in rows]
     if table1:
         figures["study_regime_miou.png"] = plot_regime_miou(
