@@ -453,8 +453,18 @@ def cmd_adaptation(args) -> int:
     for regime, row in result["by_regime"].items():
         size, share = row["size"], row["fine_share"]
         share = "n/a (no open path)" if math.isnan(share) else f"{share:.3f}"
-        print(f"  {regime:6s} {row['images']:5d} images, mean size {size:6.1f} px, fine share {share}")
-    print("the paper's premise (Fig. 1): finer routes for smaller objects, rho < 0")
+        paths = " / ".join(f"{n:.1f}" for n in row["open_paths_by_scale"])
+        print(
+            f"  {regime:6s} {row['images']:5d} images, mean size {size:6.1f} px, fine share {share}, open paths {paths}"
+        )
+    print("per scale (1/4 .. 1/32), rho of object size against the open paths: " + " / ".join(
+        "n/a" if math.isnan(r) else f"{r:+.3f}" for r in result["per_scale_rho"]))  # fmt: skip
+    print(
+        f"object size against the FLOPs run at 1/4 and 1/8: rho {result['rho_fine_flops']:+.3f} (p "
+        f"{result['p_fine_flops']:.4f}); given the image's total FLOPs: partial rho "
+        f"{result['partial_rho_fine_flops']:+.3f} (p {result['p_partial_fine_flops']:.4f})"
+    )
+    print("the paper's premise (Fig. 1): finer routes for smaller objects, rho < 0 (the partial rho decides)")
     return 0
 
 

@@ -267,15 +267,33 @@ def expected_cost(costs: CostModel, gates: Mapping[Node, torch.Tensor]) -> torch
 
 
 @torch.no_grad()
-def real_cost(
+def real_cost_by_node(
     costs: CostModel, gates: Mapping[Node, torch.Tensor], active: Mapping[Node, torch.Tensor]
 ) -> torch.Tensor:
-    """(B,) FLOPs of the routing space that skipping inference executes: per node that runs for
-    the image (``active``), its gate, its cell if any path is open, and each open path."""
+    """(B, N) FLOPs that skipping inference executes per node (``costs.space.nodes`` order): for a
+    node that runs for the image (``active``), its gate, its cell if any path is open, and each
+    open path."""
     opened = (stacked_gates(costs.space, gates) > 0).float()  # 1[alpha > 0]: (B, N, 3)
     ran = torch.stack([active[n] for n in costs.space.nodes], dim=1).float()  # (B, N)
     cell, gate, path = costs.node_tables(opened.device, torch.float32)
-    return (ran * (gate + opened.amax(dim=2) * cell + (opened * path).sum(dim=2))).sum(dim=1)
+    return ran * (gate + opened.amax(dim=2) * cell + (opened * path).sum(dim=2))
+
+
+def real_cost(
+    costs: CostModel, gates: Mapping[Node, torch.Tensor], active: Mapping[Node, torch.Tensor]
+) -> torch.Tensor:
+    """(B,) FLOPs of the routing space that skipping inference executes (:func:`real_cost_by_node`
+    summed over the nodes)."""
+    return real_cost_by_node(costs, gates, active).sum(dim=1)
+
+
+def real_cost_by_scale(
+    costs: CostModel, gates: Mapping[Node, torch.Tensor], active: Mapping[Node, torch.Tensor]
+) -> torch.Tensor:
+    """(B, 4) FLOPs that skipping inference executes in the nodes of each scale (1/4 .. 1/32)."""
+    by_node = real_cost_by_node(costs, gates, active)
+    scale = torch.tensor([n.scale for n in costs.space.nodes], device=by_node.device)
+    return torch.zeros(len(by_node), NUM_SCALES, device=by_node.device).index_add_(1, scale, by_node)
 
 
 def _sum(costs) -> OpCost:

@@ -13,7 +13,7 @@ from conftest import small_config
 from dr.explore.adaptation import adaptation, fine_share, ranks, route_records, spearman, spearman_test
 from dr.model import DynamicRoutingNet
 from dr.routes import named_route
-from dr.space import Path
+from dr.space import Path, RoutingSpace
 
 
 def test_ranks_share_ties_and_spearman_is_the_textbook_formula():
@@ -138,3 +138,79 @@ def test_the_shipped_dynamic_raw_needs_its_per_image_alphas_on_large_objects():
     own, fixed = result["per_image"], result["mean_alpha"]
     assert own["large"] - fixed["large"] > 0.3  # measured on 240 images: 98.4 against 44.3
     assert abs(own["small"] - fixed["small"]) < 0.1  # 85.6 against 85.3
+
+
+def test_partial_spearman_removes_what_the_control_explains():
+    """x and y both follow z: strongly rank-correlated, but not once z is controlled for; a y that
+    follows x beyond z keeps its partial correlation."""
+    from dr.explore.adaptation import partial_spearman_test, spearman
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=300)
+    x = z + 0.3 * rng.normal(size=300)
+    y = z + 0.3 * rng.normal(size=300)
+    assert spearman(x, y) > 0.8
+    rho, p = partial_spearman_test(x, y, z, permutations=2000)
+    assert abs(rho) < 0.15 and p > 0.01
+    y_on_x = z - 2.0 * (x - z) + 0.1 * rng.normal(size=300)
+    rho, p = partial_spearman_test(x, y_on_x, z, permutations=2000)
+    assert rho < -0.8 and p == pytest.approx(1 / 2001)
+    assert math.isnan(partial_spearman_test(x, z, z, permutations=10)[0])  # y fully explained: no residual
+
+
+def test_adaptation_measures_fine_paths_and_flops_in_absolute_terms():
+    """Small objects open more paths at every scale (a higher count, a lower share) and spend the
+    same on fine scales relative to their total: the share's rho and the absolute rhos disagree,
+    and the partial rho of fine FLOPs given the total is near 0."""
+    from dr.explore.adaptation import adaptation
+
+    space = RoutingSpace(4)
+    by_scale = {s: [p for p in space.paths if p.scale == s] for s in range(4)}
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(60):
+        small = i % 2 == 0
+        keep = {0: 6, 1: 6, 2: 6 if small else 2, 3: 3 if small else 1}  # coarse paths dropped by large ones
+        opened = frozenset(p for s, n in keep.items() for p in by_scale[s][:n])
+        fine = 2.0 + rng.normal(0, 0.1)
+        total = fine + (3.0 if small else 1.0) + rng.normal(0, 0.1)
+        records.append(
+            {
+                "name": str(i),
+                "regime": "small" if small else "large",
+                "size": (20.0 if small else 300.0) + i,
+                "gflops": total,
+                "gflops_by_scale": [fine / 2, fine / 2, total - fine, 0.0],
+                "open": opened,
+            }
+        )
+    result = adaptation(records, permutations=500)
+    assert result["rho"] > 0.8  # the share rises with size ...
+    assert result["per_scale_rho"][2] < -0.8 and result["per_scale_rho"][3] < -0.8  # ... as coarse paths close
+    assert abs(result["rho_fine_flops"]) < 0.4
+    assert abs(result["partial_rho_fine_flops"]) < 0.4 and result["p_partial_fine_flops"] > 0.001
+    assert result["by_regime"]["small"]["open_paths_by_scale"] == [6, 6, 6, 3]
+
+
+def test_real_cost_by_scale_adds_up_to_the_real_cost(images):
+    from conftest import diversify_gates, small_config
+
+    from dr.cost import real_cost_by_scale
+    from dr.model import DynamicRoutingNet
+
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(small_config())
+    diversify_gates(model, images, 0)
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    by_scale = real_cost_by_scale(out.costs, out.gates, out.active)
+    assert by_scale.shape == (len(images), 4)
+    torch.testing.assert_close(by_scale.sum(dim=1), out.real_cost)
+    costs = model.cost_model(*images.shape[-2:])
+    top = 0.0  # the nodes of scale 1/4 for image 0, written out
+    for n in (n for n in model.space.nodes if n.scale == 0 and bool(out.active[n][0])):
+        opened = [j for j in range(len(model.space.paths_out(n))) if float(out.gates[n][0, j]) > 0]
+        top += costs.gate_cost[n].flops + (costs.cell_cost[n].flops if opened else 0.0)
+        top += sum(costs.path_cost[model.space.paths_out(n)[j]].flops for j in opened)
+    assert float(by_scale[0, 0]) == pytest.approx(top, rel=1e-6)

@@ -12,6 +12,18 @@ and report Spearman's rank correlation rho between the two over a validation set
 permutation p-value (the fine shares shuffled over the images) and the number of images. The
 premise predicts rho < 0: the smaller the objects, the finer the route.
 
+A share can fall while the number of fine paths rises (small-object images keep more paths at
+every scale), so the premise is also measured in absolute terms, per image: the open paths out of
+each scale and the FLOPs executed in the nodes of each scale (:func:`dr.cost.real_cost_by_scale`).
+
+- ``per_scale_rho``: Spearman of object size against the open paths out of 1/4, 1/8, 1/16, 1/32;
+- ``rho_fine_flops`` / ``p_fine_flops``: against the FLOPs executed at 1/4 and 1/8;
+- ``partial_rho_fine_flops`` / ``p_partial_fine_flops``, the deciding statistic: the same,
+  controlling for the image's total executed FLOPs (a partial Spearman: the ranks of size and of
+  fine FLOPs each freed of their linear dependence on the ranks of total FLOPs, then correlated).
+  A network that only spends less on large objects lowers its fine FLOPs without routing any
+  coarser; the premise predicts the partial rho negative.
+
 ``python -m dr adaptation --checkpoint C [--json]`` runs it on a trained network; the functions
 take any per-image routes (a ``router`` gives hand-made ones, which is how the tests check that
 the statistic finds a dependence that is there and none that is not).
@@ -25,8 +37,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from dr.cost import real_cost_by_scale
 from dr.routes import Route
-from dr.space import Path
+from dr.space import NUM_SCALES, Path
 from dr.training.evaluate import forward_in_chunks
 
 #: scale indices whose outgoing paths count as fine: 1/4 and 1/8
@@ -83,6 +96,41 @@ def spearman_test(
     return rho, (hits + 1) / (permutations + 1)
 
 
+def _residual_ranks(y: Sequence[float], z: Sequence[float]) -> np.ndarray:
+    """The centred ranks of y less their least-squares fit on the centred ranks of z."""
+    ry, rz = ranks(np.asarray(y, float)), ranks(np.asarray(z, float))
+    ry, rz = ry - ry.mean(), rz - rz.mean()
+    slope = float(ry @ rz) / float(rz @ rz) if float(rz @ rz) > 0 else 0.0
+    return ry - slope * rz
+
+
+def partial_spearman_test(
+    x: Sequence[float], y: Sequence[float], z: Sequence[float], *, permutations: int = 10000, seed: int = 0
+) -> tuple[float, float]:
+    """Spearman's rho of x and y controlling for z, and its two-sided permutation p-value (the
+    residuals of y shuffled over the images); NaN and 1 where a residual is constant."""
+    ex, ey = _residual_ranks(x, z), _residual_ranks(y, z)
+    norm = math.sqrt(float(ex @ ex) * float(ey @ ey))
+    if norm <= 1e-12:
+        return math.nan, 1.0
+    rho = float(ex @ ey) / norm
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, permutations, 1000):
+        k = min(1000, permutations - start)
+        shuffled = ey[rng.permuted(np.tile(np.arange(len(ey)), (k, 1)), axis=1)]
+        hits += int((np.abs(shuffled @ ex) / norm >= abs(rho) - 1e-12).sum())
+    return rho, (hits + 1) / (permutations + 1)
+
+
+def paths_by_scale(open_paths: Iterable[Path]) -> list[int]:
+    """How many of the open paths leave a node of each scale (1/4 .. 1/32)."""
+    counts = [0] * NUM_SCALES
+    for p in open_paths:
+        counts[p.scale] += 1
+    return counts
+
+
 @torch.no_grad()
 def route_records(
     model, dataset, *, batch: int = 16, router: Callable[[dict], Route] | None = None, progress: bool = False
@@ -109,6 +157,7 @@ def route_records(
         images = torch.stack([s["image"] for s in samples])
         route = [router(s) for s in samples] if router is not None else None
         out = forward_in_chunks(model, images, route=route, mode="skip")
+        by_scale = real_cost_by_scale(out.costs, out.gates, out.active) / 1e9  # (B, 4) GFLOPs per scale
         for i, sample in enumerate(samples):
             records.append(
                 {
@@ -116,6 +165,7 @@ def route_records(
                     "regime": sample["regime"],
                     "size": float(sample["size"]),
                     "gflops": float(out.total_real_cost[i]) / 1e9,
+                    "gflops_by_scale": by_scale[i].tolist(),
                     "open": out.open_paths(i),
                 }
             )
@@ -142,12 +192,27 @@ def adaptation(records: Sequence[dict], *, permutations: int = 10000, seed: int 
         why = f"every one of the {len(kept)} images takes a route with the same fine share ({shares[kept[0]]:.3f})"
     elif len({sizes[i] for i in kept}) == 1:
         why = f"every one of the {len(kept)} images has the same object size ({sizes[kept[0]]:.1f} px)"
+    counts = [paths_by_scale(r["open"]) for r in records]
+    per_scale_rho = [spearman(sizes, [c[s] for c in counts]) for s in range(NUM_SCALES)]
+    absolute = {}
+    if all("gflops_by_scale" in r for r in records):
+        fine = [sum(r["gflops_by_scale"][s] for s in FINE_SCALES) for r in records]
+        total = [sum(r["gflops_by_scale"]) for r in records]
+        rho_fine, p_fine = spearman_test(sizes, fine, permutations=permutations, seed=seed)
+        partial, p_partial = partial_spearman_test(sizes, fine, total, permutations=permutations, seed=seed)
+        absolute = {
+            "rho_fine_flops": rho_fine,
+            "p_fine_flops": p_fine,
+            "partial_rho_fine_flops": partial,
+            "p_partial_fine_flops": p_partial,
+        }
     regimes = sorted({r["regime"] for r in records if r.get("regime")})
     by_regime = {
         g: {
             "images": sum(r["regime"] == g for r in records),
             "size": float(np.mean([s for s, r in zip(sizes, records) if r["regime"] == g])),
             "fine_share": float(np.nanmean([f for f, r in zip(shares, records) if r["regime"] == g])),
+            "open_paths_by_scale": np.mean([c for c, r in zip(counts, records) if r["regime"] == g], axis=0).tolist(),
         }
         for g in regimes
     }
@@ -156,6 +221,8 @@ def adaptation(records: Sequence[dict], *, permutations: int = 10000, seed: int 
         "p_value": p,
         "not_computable": why,
         "n_images": len(kept),
+        "per_scale_rho": per_scale_rho,  # size against the open paths out of 1/4, 1/8, 1/16, 1/32
+        **absolute,
         "without_open_paths": len(records) - len(kept),
         "permutations": permutations,
         "distinct_routes": len({frozenset(r["open"]) for r in records}),

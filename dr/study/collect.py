@@ -113,7 +113,10 @@ def adaptation_analysis(out, seeds, names) -> dict:
             per_seed.append(
                 {
                     "seed": seed,
-                    **{k: measured[k] for k in ("rho", "p_value", "n_images", "distinct_routes", "by_regime")},
+                    **{
+                        k: measured[k]
+                        for k in ("rho", "p_value", "n_images", "per_scale_rho", "distinct_routes", "by_regime")
+                    },
                     "usage": {g: np.nanmean(shares[regimes == g], axis=0).tolist() for g in REGIMES},
                 }
             )
