@@ -17,11 +17,15 @@ from dr.data.base import MEAN, STD, DataError, DatasetInfo
 from dr.data.realdata import CITYSCAPES_INFO, VOC_INFO, cityscapes_dataset, voc_dataset
 from dr.data.synthetic import INFO as SYNTHETIC_INFO
 from dr.data.synthetic import SyntheticShapes
+from dr.data.zoom import INFO as ZOOM_INFO
+from dr.data.zoom import ZoomScenes
 
 __all__ = ["MEAN", "STD", "DataError", "DatasetInfo", "DATASETS", "dataset_info", "build_dataset", "data_design"]
 
 #: the data sets by name, with what the model and the evaluation need to know of each
-DATASETS = {"synthetic": SYNTHETIC_INFO, "cityscapes": CITYSCAPES_INFO, "voc": VOC_INFO}
+DATASETS = {"synthetic": SYNTHETIC_INFO, "zoom": ZOOM_INFO, "cityscapes": CITYSCAPES_INFO, "voc": VOC_INFO}
+#: the data sets generated here (no download, no root): the default and Fig. 1's zoom design
+EMBEDDED = ("synthetic", "zoom")
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -33,9 +37,9 @@ def dataset_info(name: str) -> DatasetInfo:
 def data_design(name: str) -> str:
     """What a run's data was: the embedded generator's :func:`~dr.data.synthetic.design_id` (its
     version and knobs), or the real data set's name."""
-    from dr.data.synthetic import design_id
+    from dr.data import synthetic, zoom
 
-    return design_id() if name == "synthetic" else dataset_info(name).name
+    return {"synthetic": synthetic.design_id, "zoom": zoom.design_id}.get(name, lambda: dataset_info(name).name)()
 
 
 def build_dataset(
@@ -57,6 +61,8 @@ def build_dataset(
     info = dataset_info(name)
     if name == "synthetic":
         return SyntheticShapes(split, seed=seed, size=size, train=train, crop=crop)
+    if name == "zoom":
+        return ZoomScenes(split, seed=seed, size=size, train=train, crop=crop)
     if root is None:
         raise DataError(f"--data {name} needs --data-root; {info.prepare_hint}")
     build = cityscapes_dataset if name == "cityscapes" else voc_dataset

@@ -151,6 +151,25 @@ def data_samples_figure(per_regime: int = 3, seed: int = 0):
     return plot_data_samples(samples, CLASS_NAMES)
 
 
+def zoom_samples_figure(per_regime: int = 4, seed: int = 0, scene: int = 5):
+    """Fig. 1's zoom data (:mod:`dr.data.zoom`): one scene at five zooms, then the first images of
+    each size bin of its val split."""
+    from dr.data import zoom
+
+    zooms = (0.6, 1.0, 1.6, 2.6, 4.0)
+    samples = {
+        "zoomed": [(s.image, s.label, s.size) for s in (zoom.generate_zoomed(seed, "val", scene, z) for z in zooms)]
+    }
+    samples |= {regime: [] for regime in zoom.REGIMES}
+    index = 0
+    while min(len(samples[r]) for r in zoom.REGIMES) < per_regime:
+        s = zoom.generate_zoomed(seed, "val", index)
+        if len(samples[s.regime]) < per_regime:
+            samples[s.regime].append((s.image, s.label, s.size))
+        index += 1
+    return plot_data_samples(samples, CLASS_NAMES)
+
+
 def make_figures(
     out: str | FilePath = "figures",
     checkpoints: str | FilePath = "checkpoints",
@@ -189,6 +208,7 @@ def _write_figures(out: FilePath, runs: dict[str, Run], data: dict | None, image
         "routing_space.png",
     )
     save(data_samples_figure(), "data_samples.png")
+    save(zoom_samples_figure(), "zoom_samples.png")
     save(classic_routes_figure(), "classic_routes.png")
     save(plot_gate_activations(), "gate_activations.png")
     save(plot_budget_loss({k: (v.weight, v.target) for k, v in BUDGETS.items() if k != "raw"}), "budget_loss.png")

@@ -29,7 +29,7 @@ from dr.config import (
     check_choice,
     preset,
 )
-from dr.data import DATASETS
+from dr.data import DATASETS, EMBEDDED
 from dr.data.synthetic import DEFAULT_SPLIT_SIZES
 from dr.routes import ROUTES, RouteError
 
@@ -277,7 +277,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"{flag('small_gate')} means nothing with {without}: it trains no gates; drop {flag('small_gate')}"
         )
-    if cfg.data == "synthetic":
+    if cfg.data in EMBEDDED:
         images = DEFAULT_SPLIT_SIZES["train"] if cfg.train_size is None else cfg.train_size
         batch, size = flag("batch"), flag("train_size")
         if cfg.batch > images:
@@ -302,9 +302,9 @@ def check_config(cfg: TrainConfig) -> None:
 def check_data_root(data: str, root, option: str = "--data-root") -> None:
     """:class:`ConfigError` for a data root given with the embedded data: it is generated and reads
     no folder, so the root (a typo, or meant for another data set) would be silently ignored."""
-    if data == "synthetic" and root is not None:
+    if data in EMBEDDED and root is not None:
         raise ConfigError(
-            f"{option} {root} was given, but the embedded data (synthetic) is generated and reads no folder; "
+            f"{option} {root} was given, but the embedded data ({data}) is generated and reads no folder; "
             f"drop {option}, or choose cityscapes / voc as the data set to read that folder"
         )
 
