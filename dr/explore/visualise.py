@@ -58,6 +58,7 @@ GROUP_COLOURS = {
     "activation": "#30343f",
     "cell": "#e07a5f",
     "hard": "#9c6644",
+    "fig1": "#6c757d",
 }
 REGIME_COLOURS = {"small": "#8d6a9f", "large": "#66a182", "mixed": "#e07a5f", "all": "#30343f"}
 

@@ -18,7 +18,9 @@ The rows:
   HRNetV2; FCN-32s, DeepLabV3, Auto-DeepLab and Stride-8), as the paper aligned its costs "by
   giving different budget constraints";
 - hard gates: binary Gumbel gates and the KL sparsity budget of pixel-wise attentional gating,
-  against max(0, tanh) with Eq. 9.
+  against max(0, tanh) with Eq. 9;
+- Fig. 1 on the zoom data (group ``fig1``): Dynamic-A/B/C with Table 4's recipe on ``--data zoom``
+  (:mod:`dr.data.zoom`), whose object sizes spread continuously (docs/fig1.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Variant:
     """One row of the study: a name, a group and the training settings that differ from the tutorial."""
 
     name: str
-    # static | calibration | fix | decomposition | dynamic | common | init | matched | activation | cell | hard
+    # static | calibration | fix | decomposition | dynamic | common | init | matched | activation | cell | hard | fig1
     group: str
     overrides: dict = field(default_factory=dict, hash=False, compare=False)
     common_of: str | None = None  # Common-X: the dynamic row whose routes give the static route
@@ -76,6 +78,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("Hard + Eq. 9 (A)", "hard", {"activation": "gumbel", "budget": "A"}),
     Variant("Soft + KL", "hard", {"budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}),
     Variant("Hard + KL", "hard", {"activation": "gumbel", "budget": "kl", "kl_weight": 0.05, "kl_target": 0.3}),
+    Variant("Dynamic-A (zoom)", "fig1", {"budget": "A", "data": "zoom"}),
+    Variant("Dynamic-B (zoom)", "fig1", {"budget": "B", "data": "zoom"}),
+    Variant("Dynamic-C (zoom)", "fig1", {"budget": "C", "data": "zoom"}),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 #: groups of Table 1's and Table 4's rows, the calibration and the init comparison: always every seed
