@@ -442,6 +442,10 @@ def cmd_adaptation(args) -> int:
             "(--val-size) or a checkpoint whose routes vary"
         )
     result["checkpoint"] = str(args.checkpoint)
+    if cfg.data == "zoom":  # the same scenes at several zooms: does a scene route coarser zoomed in?
+        from dr.explore.adaptation import zoom_comparison
+
+        result["zoom_comparison"] = zoom_comparison(model, seed=cfg.seed)
     if args.json:
         _print_json(result if args.per_image else {k: v for k, v in result.items() if k != "per_image"})
         return 0
@@ -464,6 +468,11 @@ def cmd_adaptation(args) -> int:
         f"{result['p_fine_flops']:.4f}); given the image's total FLOPs: partial rho "
         f"{result['partial_rho_fine_flops']:+.3f} (p {result['p_partial_fine_flops']:.4f})"
     )
+    if "zoom_comparison" in result:
+        z = result["zoom_comparison"]
+        fractions = ", ".join(f"{f:.3f} at zoom {k}" for k, f in zip(z["zooms"], z["fine_fraction"]))
+        print(f"the same {z['scenes']} scenes zoomed: fine fraction of the FLOPs {fractions}; highest - lowest zoom "
+              f"{z['difference']:+.4f} [{z['interval'][0]:+.4f}, {z['interval'][1]:+.4f}]")  # fmt: skip
     print("the paper's premise (Fig. 1): finer routes for smaller objects, rho < 0 (the partial rho decides)")
     return 0
 

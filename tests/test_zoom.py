@@ -64,3 +64,21 @@ def test_training_draws_a_zoom_of_its_own_and_the_pipeline_runs(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["miou_by_regime"]) <= set(BINS) and metrics["provenance"]["data"] == data_design("zoom")
     assert main(["train", "--out", str(tmp_path / "x"), *SMALL_RUN, "--data", "zoom", "--data-root", "/tmp"]) == 2
+
+
+def test_the_within_scene_comparison_pairs_each_scene_across_zooms():
+    """Network-Fix runs every path whatever the image: its fine fraction is the same at every zoom,
+    so the paired difference is 0; the scenes' object sizes grow with the zoom."""
+    import torch
+    from conftest import small_config
+
+    from dr.explore.adaptation import zoom_comparison
+    from dr.model import DynamicRoutingNet
+
+    torch.manual_seed(0)
+    model = DynamicRoutingNet(small_config(activation="fix", num_classes=4))
+    result = zoom_comparison(model, scenes=6, zooms=(0.75, 1.5, 3.0))
+    assert result["difference"] == pytest.approx(0.0, abs=1e-6)
+    assert result["interval"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert len(set(round(f, 6) for f in result["fine_fraction"])) == 1
+    assert result["mean_size"][0] < result["mean_size"][1] < result["mean_size"][2]

@@ -232,3 +232,41 @@ def adaptation(records: Sequence[dict], *, permutations: int = 10000, seed: int 
             for r, s, f in zip(records, sizes, shares)
         ],
     }
+
+
+#: the zooms of the within-scene comparison (:func:`zoom_comparison`)
+COMPARED_ZOOMS = (0.75, 1.5, 3.0)
+
+
+@torch.no_grad()
+def zoom_comparison(model, *, seed: int = 0, scenes: int = 96, zooms=COMPARED_ZOOMS) -> dict:
+    """Does the same scene route coarser when zoomed in? Each of ``scenes`` validation scenes of the
+    zoom data (:mod:`dr.data.zoom`) is rendered at every zoom of ``zooms`` and run through the
+    skipping inference; per image its *fine fraction*, the FLOPs executed at 1/4 and 1/8 over all it
+    executes (so a network that spends less overall does not count as routing coarser). Returns the
+    mean fine fraction per zoom, and the paired difference highest zoom less lowest over the scenes,
+    with its 95% t-interval: the premise predicts it negative (larger objects, coarser routes)."""
+    from dr.data.base import MEAN, STD
+    from dr.data.zoom import generate_zoomed
+    from dr.study.statistics import interval
+
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    model.eval()
+    fraction = np.zeros((scenes, len(zooms)))
+    sizes = np.zeros((scenes, len(zooms)))
+    for k, zoom in enumerate(zooms):
+        samples = [generate_zoomed(seed, "val", i, zoom) for i in range(scenes)]
+        images = torch.stack([(torch.from_numpy(s.image).permute(2, 0, 1) - mean) / std for s in samples])
+        out = forward_in_chunks(model, images, mode="skip")
+        by_scale = real_cost_by_scale(out.costs, out.gates, out.active)
+        fraction[:, k] = (by_scale[:, list(FINE_SCALES)].sum(1) / by_scale.sum(1).clamp(min=1)).numpy()
+        sizes[:, k] = [s.size for s in samples]
+    paired = interval({str(i): float(fraction[i, -1] - fraction[i, 0]) for i in range(scenes)})
+    return {
+        "zooms": list(zooms),
+        "scenes": scenes,
+        "mean_size": sizes.mean(0).tolist(),
+        "fine_fraction": fraction.mean(0).tolist(),
+        "difference": None if paired is None else paired.mean,
+        "interval": None if paired is None else [paired.low, paired.high],
+    }
