@@ -25,6 +25,9 @@ deterministic ones of inference as tau falls: with 1[G + l > 0] (tau dividing on
 value) a decision flips with probability sigmoid(-|G|) to the end, and a trained network (median
 |G| 1.4, 21% of decisions flipped on average) trained on random routes and was evaluated on
 deterministic ones: 69.8 mIoU against 91.2 with the noise annealed (Hard + Eq. 9 (A), seed 0).
+This departs on purpose from the usual Gumbel-sigmoid, whose sample opens with probability
+sigmoid(G) at every tau; here it opens with probability sigmoid(G / tau). Runs trained before the
+change (commit e2cc1cd) are the old gate's.
 
 This module is the version to read against the paper. :mod:`dr.gate_fast` computes the same
 function with the same parameters faster; the model uses that one, and a test keeps them equal.

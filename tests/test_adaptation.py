@@ -141,8 +141,8 @@ def test_the_shipped_dynamic_raw_needs_its_per_image_alphas_on_large_objects():
 
 
 def test_partial_spearman_removes_what_the_control_explains():
-    """x and y both follow z: strongly rank-correlated, but not once z is controlled for; a y that
-    follows x beyond z keeps its partial correlation."""
+    """x and y both follow z: strongly rank-correlated, but not once z is controlled for, even
+    where they follow it along a curve; a y that follows x beyond z keeps its partial correlation."""
     from dr.explore.adaptation import partial_spearman_test, spearman
 
     rng = np.random.default_rng(0)
@@ -156,40 +156,52 @@ def test_partial_spearman_removes_what_the_control_explains():
     rho, p = partial_spearman_test(x, y_on_x, z, permutations=2000)
     assert rho < -0.8 and p == pytest.approx(1 / 2001)
     assert math.isnan(partial_spearman_test(x, z, z, permutations=10)[0])  # y fully explained: no residual
+    skewed = rng.exponential(size=2000)  # a curved dependence on a skewed control (a line would leave it)
+    curved_x = skewed**2 + 0.5 * rng.normal(size=2000)
+    curved_y = skewed**2 + 0.5 * rng.normal(size=2000)
+    rho, p = partial_spearman_test(curved_x, curved_y, skewed, permutations=2000)
+    assert abs(rho) < 0.05 and p > 0.01
 
 
 def test_adaptation_measures_fine_paths_and_flops_in_absolute_terms():
-    """Small objects open more paths at every scale (a higher count, a lower share) and spend the
-    same on fine scales relative to their total: the share's rho and the absolute rhos disagree,
-    and the partial rho of fine FLOPs given the total is near 0."""
+    """Small objects open more paths at every scale: a higher count and a lower share. When their
+    fine FLOPs are a fixed fraction of what they spend, the share's rho and the absolute rhos
+    disagree and the partial rho given the total is near 0; when large objects spend a smaller
+    fraction on fine scales, the partial rho is negative."""
     from dr.explore.adaptation import adaptation
 
     space = RoutingSpace(4)
     by_scale = {s: [p for p in space.paths if p.scale == s] for s in range(4)}
-    rng = np.random.default_rng(1)
-    records = []
-    for i in range(60):
-        small = i % 2 == 0
-        keep = {0: 6, 1: 6, 2: 6 if small else 2, 3: 3 if small else 1}  # coarse paths dropped by large ones
-        opened = frozenset(p for s, n in keep.items() for p in by_scale[s][:n])
-        fine = 2.0 + rng.normal(0, 0.1)
-        total = fine + (3.0 if small else 1.0) + rng.normal(0, 0.1)
-        records.append(
-            {
-                "name": str(i),
-                "regime": "small" if small else "large",
-                "size": (20.0 if small else 300.0) + i,
-                "gflops": total,
-                "gflops_by_scale": [fine / 2, fine / 2, total - fine, 0.0],
-                "open": opened,
-            }
-        )
-    result = adaptation(records, permutations=500)
-    assert result["rho"] > 0.8  # the share rises with size ...
-    assert result["per_scale_rho"][2] < -0.8 and result["per_scale_rho"][3] < -0.8  # ... as coarse paths close
-    assert abs(result["rho_fine_flops"]) < 0.4
-    assert abs(result["partial_rho_fine_flops"]) < 0.4 and result["p_partial_fine_flops"] > 0.001
-    assert result["by_regime"]["small"]["open_paths_by_scale"] == [6, 6, 6, 3]
+
+    def records(fine_fraction) -> list[dict]:
+        rng = np.random.default_rng(1)
+        result = []
+        for i in range(120):
+            small = i % 2 == 0
+            keep = {0: 6, 1: 6, 2: 6 if small else 2, 3: 3 if small else 1}  # large objects close coarse paths
+            total = (5.0 if small else 3.0) + rng.normal(0, 0.3)
+            size = (20.0 if small else 300.0) + i
+            fine = fine_fraction(size) * total + rng.normal(0, 0.05)
+            result.append(
+                {
+                    "name": str(i),
+                    "regime": "small" if small else "large",
+                    "size": size,
+                    "gflops": total,
+                    "gflops_by_scale": [fine / 2, fine / 2, total - fine, 0.0],
+                    "open": frozenset(p for s, n in keep.items() for p in by_scale[s][:n]),
+                }
+            )
+        return result
+
+    null = adaptation(records(lambda size: 0.5), permutations=500)
+    assert null["rho"] > 0.8  # the share rises with size ...
+    assert null["per_scale_rho"][2] < -0.8 and null["per_scale_rho"][3] < -0.8  # ... as coarse paths close
+    assert null["rho_fine_flops"] < -0.5  # fine FLOPs fall with size, only because the total does
+    assert abs(null["partial_rho_fine_flops"]) < 0.2 and null["p_partial_fine_flops"] > 0.01
+    assert null["by_regime"]["small"]["open_paths_by_scale"] == [6, 6, 6, 3]
+    coarser = adaptation(records(lambda size: 0.6 - 0.001 * size), permutations=500)
+    assert coarser["partial_rho_fine_flops"] < -0.3 and coarser["p_partial_fine_flops"] < 0.01
 
 
 def test_real_cost_by_scale_adds_up_to_the_real_cost(images):

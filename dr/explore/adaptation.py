@@ -96,30 +96,44 @@ def spearman_test(
     return rho, (hits + 1) / (permutations + 1)
 
 
+#: the control is removed as a cubic in its rank, and the permutation keeps each image in its decile
+CONTROL_DEGREE = 3
+CONTROL_STRATA = 10
+
+
 def _residual_ranks(y: Sequence[float], z: Sequence[float]) -> np.ndarray:
-    """The centred ranks of y less their least-squares fit on the centred ranks of z."""
+    """The ranks of y less their least-squares fit on a cubic in the ranks of z: what the rank of
+    y holds beyond any smooth dependence on z (a straight line would leave a curved one behind)."""
     ry, rz = ranks(np.asarray(y, float)), ranks(np.asarray(z, float))
-    ry, rz = ry - ry.mean(), rz - rz.mean()
-    slope = float(ry @ rz) / float(rz @ rz) if float(rz @ rz) > 0 else 0.0
-    return ry - slope * rz
+    t = (rz - rz.mean()) / max(float(np.abs(rz - rz.mean()).max()), 1e-12)  # in [-1, 1]
+    basis = np.stack([t**k for k in range(CONTROL_DEGREE + 1)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, ry, rcond=None)
+    return ry - basis @ coef
 
 
 def partial_spearman_test(
     x: Sequence[float], y: Sequence[float], z: Sequence[float], *, permutations: int = 10000, seed: int = 0
 ) -> tuple[float, float]:
-    """Spearman's rho of x and y controlling for z, and its two-sided permutation p-value (the
-    residuals of y shuffled over the images); NaN and 1 where a residual is constant."""
+    """Spearman's rho of x and y controlling for z, and its two-sided permutation p-value: the
+    ranks of x and of y each freed of a cubic in the ranks of z, then correlated; the residuals of
+    y shuffled among the images of the same decile of z, so the shuffles keep what z explains.
+    NaN and 1 where a residual is constant."""
     ex, ey = _residual_ranks(x, z), _residual_ranks(y, z)
     norm = math.sqrt(float(ex @ ex) * float(ey @ ey))
-    if norm <= 1e-12:
+    if norm <= 1e-9 * len(ex):
         return math.nan, 1.0
     rho = float(ex @ ey) / norm
+    rz = ranks(np.asarray(z, float))
+    strata = np.minimum((CONTROL_STRATA * (rz - 1) / len(rz)).astype(int), CONTROL_STRATA - 1)
     rng = np.random.default_rng(seed)
     hits = 0
     for start in range(0, permutations, 1000):
         k = min(1000, permutations - start)
-        shuffled = ey[rng.permuted(np.tile(np.arange(len(ey)), (k, 1)), axis=1)]
-        hits += int((np.abs(shuffled @ ex) / norm >= abs(rho) - 1e-12).sum())
+        order = np.tile(np.arange(len(ey)), (k, 1))
+        for stratum in np.unique(strata):  # shuffle within each decile of z
+            members = np.flatnonzero(strata == stratum)
+            order[:, members] = members[rng.permuted(np.tile(np.arange(len(members)), (k, 1)), axis=1)]
+        hits += int((np.abs(ey[order] @ ex) / norm >= abs(rho) - 1e-12).sum())
     return rho, (hits + 1) / (permutations + 1)
 
 
@@ -143,7 +157,7 @@ def route_records(
     if "size" not in first:
         raise ValueError(
             "this data set records no object size per image ('size'); the adaptation "
-            "statistic needs one: use the embedded data (--data synthetic)"
+            "statistic needs one: use the embedded data (--data synthetic or --data zoom)"
         )
     model.eval()
     records = []

@@ -347,7 +347,10 @@ def draw_study_figures(results: dict) -> dict:
         keys = {"all": "miou", **{g: f"miou_{g}" for g in REGIMES}}
         spread = {g: [_half_width(rows[n]["per_seed"].get(keys[g], {})) for n in chain] for g in parts}
         figures["study_decomposition.png"] = plot_decomposition(
-            chain, {g: [rows[n][keys[g]]["mean"] for n in chain] for g in parts}, spread
+            chain,
+            {g: [rows[n][keys[g]]["mean"] for n in chain] for g in parts},
+            spread,
+            chain=chain.index("Dynamic-Raw") + 1 if "Dynamic-Raw" in chain else None,
         )
     table1 = [n for n in results["tables"]["table1"] if n in rows]
     if table1:

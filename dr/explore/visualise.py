@@ -765,32 +765,34 @@ def plot_regime_miou(
     return fig
 
 
-def plot_decomposition(steps: Sequence[str], values: Mapping[str, Sequence], errors: Mapping[str, Sequence]) -> Figure:
+def plot_decomposition(
+    steps: Sequence[str], values: Mapping[str, Sequence], errors: Mapping[str, Sequence], *, chain: int | None = None
+) -> Figure:
     """What each step from Network-Fix to a budgeted network adds: mIoU per row of the study's
-    decomposition (``steps``, in order), one line per image regime (``values[regime][k]``, mIoU in
-    [0, 1], ``errors[regime][k]`` the half-width of its 95% interval over seeds, or ``None``)."""
-    fig = figure(8.5, 4.6)
+    decomposition (``steps``, in order), one colour per image regime (``values[regime][k]``, mIoU in
+    [0, 1], ``errors[regime][k]`` the half-width of the row's own 95% interval over seeds, or
+    ``None``). The first ``chain`` rows (default: all) are joined as consecutive steps; each later
+    row (the budgets) branches from the last of them. The paired steps with their intervals are in
+    the study's ``results["decomposition"]``."""
+    chain = len(steps) if chain is None else chain
+    fig = figure(8.5, 4.8)
     ax = fig.add_subplot()
     x = np.arange(len(steps))
     for k, (regime, means) in enumerate(values.items()):
         shift = (k - (len(values) - 1) / 2) * 0.06  # a little apart, so that the error bars do not hide each other
         y = np.array([np.nan if m is None else 100 * m for m in means], dtype=float)
         err = np.array([0.0 if e is None else 100 * e for e in errors[regime]], dtype=float)
-        ax.errorbar(
-            x + shift,
-            y,
-            yerr=err,
-            fmt="-o",
-            color=REGIME_COLOURS.get(regime, "#30343f"),
-            lw=2.2 if regime == "all" else 1.2,
-            ms=6 if regime == "all" else 4,
-            capsize=3,
-            label="all images" if regime == "all" else f"{regime}-object images",
-        )
+        colour = REGIME_COLOURS.get(regime, "#30343f")
+        width, size = (2.2, 6) if regime == "all" else (1.2, 4)
+        label = "all images" if regime == "all" else f"{regime}-object images"
+        ax.errorbar(x + shift, y, yerr=err, fmt="o", color=colour, ms=size, capsize=3, label=label)
+        ax.plot(x[:chain] + shift, y[:chain], "-", color=colour, lw=width)
+        for branch in range(chain, len(steps)):  # a budget on top of the last step of the chain
+            ax.plot(x[[chain - 1, branch]] + shift, y[[chain - 1, branch]], ":", color=colour, lw=width * 0.7)
     ax.set_xticks(x, [s.replace(" ", "\n", 1) if len(s) > 12 else s for s in steps], fontsize=9)
     ax.set_ylabel("mIoU (%)")
-    ax.set_title("what each step adds: Fix -> per-path weights -> context -> closing paths -> budgets\n"
-                 "(mean over seeds, bars: 95% interval)", fontsize=10)  # fmt: skip
+    ax.set_title("what each step adds: Fix -> per-path weights -> context -> closing paths; budgets (dotted)\n"
+                 "branch from Raw (mean over seeds, bars: each row's 95% interval)", fontsize=10)  # fmt: skip
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     tidy(ax)
     return fig
