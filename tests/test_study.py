@@ -223,3 +223,10 @@ def test_fig1_is_decided_by_the_interval_of_rho_over_seeds_both_ways():
     mixed = verdict([0.6, -0.3, 0.16, 0.5, -0.2])  # a seed at +0.6 with p < 0.01 vetoed before
     assert mixed["verdict"] == INCONCLUSIVE and mixed["interval"]["n"] == 5 and "interval over seeds" in mixed["rule"]
     assert verdict([float("nan"), -0.4, -0.5, -0.45])["interval"]["n"] == 3
+
+
+def test_a_paper_claim_at_matched_cost_is_marked_matched_not_repeated():
+    rows = {"Dynamic-A": _row(0.72, 0.025), "HRNetV2": _row(0.70, 0.0239, "static")}  # 1.05x its cost
+    found = [v for v in verdicts(rows, {}, {}, {}) if v.get("rows") == ["Dynamic-A", "HRNetV2"]]
+    assert len(found) == 1 and "(cost-matched)" in found[0]["source"] and "matched: the cost_ratio" in found[0]["rule"]
+    assert found[0]["cost_ratio"] == pytest.approx(0.025 / 0.0239)

@@ -291,7 +291,10 @@ def cost_matched_claims(v: Verdicts) -> None:
     compared = {tuple(item["rows"]) for item in v.items if "rows" in item}  # each claim once
     for static, match in cost_matching(v.rows).items():
         for dynamic in match["matched"]:
-            if (dynamic, static) in compared:  # the paper's own claim already compares them, with its cost_ratio
+            if (dynamic, static) in compared:  # the paper's own claim compares them: it is the matched verdict
+                item = next(i for i in v.items if i.get("rows") == [dynamic, static])
+                item["rule"] += f"; matched: the cost_ratio lies within 1 +- {COST_MATCH:.2f}"
+                item["source"] += " (cost-matched)"
                 continue
             v.greater(
                 dynamic,
